@@ -1,0 +1,77 @@
+"""What every model family provides: its output type and its checkpoint vocabulary.
+
+A family (bert.py, gpt2.py, t5.py) is a `Family` record: a config class that reads and
+writes Hugging Face `config.json` dicts, a Flax module, and a table of `TensorMap`s that
+says which HF tensor fills which ftjax parameter. `hub.py` uses that one table in both
+directions, so loading and saving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class ModelOutput:
+    """What a backbone returns.
+
+    `hidden_states` (when asked for) follows Hugging Face's convention: the embedding
+    output first, then one entry per layer, the last one after any final norm.
+    """
+
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None = None
+    pooled: jax.Array | None = None  # BERT's tanh pooler over [CLS]
+    logits: jax.Array | None = None  # LM logits, where the checkpoint has an LM head
+    encoder_last_hidden_state: jax.Array | None = None  # encoder-decoders
+    encoder_hidden_states: tuple[jax.Array, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    """One ftjax parameter <- one Hugging Face tensor (or one slice of a fused tensor).
+
+    `transpose` converts torch Linear's (out, in) to ftjax's (in, out); `part=(i, n)`
+    takes the i-th of n equal slices along the last axis (GPT-2's fused c_attn).
+    """
+
+    path: str  # "encoder/layer_0/attention/query/kernel"
+    hf_name: str  # "encoder.layer.0.attention.self.query.weight"
+    transpose: bool = False
+    part: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Everything hub.py needs to know about one model family."""
+
+    model_types: tuple[str, ...]  # HF `model_type` values this family reads
+    config_from_hf: Callable[[dict[str, Any]], Any]
+    module: type[nn.Module]
+    tensor_maps: Callable[[Any], list[TensorMap]]
+    # Prefixes a base-model checkpoint may carry (e.g. "bert." in BertForPreTraining).
+    hf_prefixes: tuple[str, ...] = ("",)
+    # Prefix written on save, chosen so transformers' LM-head class loads the folder.
+    save_prefix: str = ""
+    # Builds dummy inputs for shape inference: (config) -> kwargs for module.__call__.
+    dummy_inputs: Callable[[Any], dict[str, Any]] = lambda config: {
+        "input_ids": jnp.zeros((1, 8), jnp.int32)
+    }
+    # Settles config fields that only the checkpoint's tensors reveal (does it carry a
+    # pooler? an untied LM head?): (config, {hf_name: array}) -> config.
+    fit_to_checkpoint: Callable[[Any, dict[str, Any]], Any] = lambda config, tensors: config
+
+
+def dtype_of(name: str) -> Any:
+    """Config fields hold dtype names (shell-friendly); modules need dtypes."""
+    try:
+        return jnp.dtype(name)
+    except TypeError as err:
+        raise ValueError(f"config field dtype={name!r} is not a dtype (float32, bfloat16)") from err

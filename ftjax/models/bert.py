@@ -1,0 +1,249 @@
+"""BERT-style bidirectional encoders (BERT, MiniLM, RoBERTa): post-LN transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models import layers
+from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    initializer_range: float = 0.02
+    with_pooler: bool = True
+    model_type: str = "bert"  # "roberta": positions count from pad_token_id + 1
+    dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> BertConfig:
+        position_type = hf.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(
+                f"config.json position_embedding_type={position_type!r}: only 'absolute' "
+                "position embeddings are supported for BERT-style models"
+            )
+        if hf["hidden_size"] % hf["num_attention_heads"]:
+            raise ValueError(
+                f"config.json hidden_size={hf['hidden_size']} is not divisible by "
+                f"num_attention_heads={hf['num_attention_heads']}"
+            )
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"],
+            hidden_act=hf.get("hidden_act", "gelu"),
+            max_position_embeddings=hf.get("max_position_embeddings", 512),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+            pad_token_id=hf.get("pad_token_id") or (1 if hf["model_type"] == "roberta" else 0),
+            hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+            initializer_range=hf.get("initializer_range", 0.02),
+            model_type=hf["model_type"],
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "model_type": self.model_type,
+            "architectures": ["RobertaModel" if self.model_type == "roberta" else "BertModel"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "initializer_range": self.initializer_range,
+        }
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+        init = nn.initializers.normal(cfg.initializer_range)
+        dropout = nn.Dropout(cfg.hidden_dropout)
+        attn = layers.Attention(
+            cfg.num_heads,
+            cfg.head_dim,
+            dropout_rate=cfg.attention_dropout,
+            dtype=dtype,
+            kernel_init=init,
+            name="attention",
+        )(x, mask, deterministic=deterministic)
+        x = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(
+            x + dropout(attn, deterministic=deterministic)
+        )
+        h = layers.FeedForward(
+            cfg.intermediate_size, cfg.hidden_act, dtype=dtype, kernel_init=init, name="mlp"
+        )(x, deterministic=deterministic)
+        return layers.LayerNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(
+            x + dropout(h, deterministic=deterministic)
+        )
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+
+        def table(num: int, axes: tuple[str, str], name: str) -> layers.Embed:
+            return layers.Embed(num, cfg.hidden_size, axes, dtype, cfg.initializer_range, name=name)
+
+        x = (
+            table(cfg.vocab_size, (layers.VOCAB, layers.EMBED), "word_embeddings")(input_ids)
+            + table(
+                cfg.max_position_embeddings, (layers.POSITION, layers.EMBED), "position_embeddings"
+            )(position_ids)
+            + table(cfg.type_vocab_size, (layers.TYPE, layers.EMBED), "token_type_embeddings")(
+                token_type_ids
+            )
+        )
+        x = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="layer_norm")(x)
+        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
+        states = [x]
+        for i in range(self.config.num_layers):
+            x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+            states.append(x)
+        return states
+
+
+class BertModel(nn.Module):
+    """BERT-style encoder; returns final hidden states and (optionally) the [CLS] pooler."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids)
+        x = BertEmbeddings(cfg, name="embeddings")(
+            input_ids, token_type_ids, position_ids, deterministic
+        )
+        mask = layers.padding_mask(None, attention_mask)
+        states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
+        pooled = None
+        if cfg.with_pooler:
+            dense = layers.Dense(
+                cfg.hidden_size,
+                (layers.EMBED, layers.EMBED),
+                dtype=dtype_of(cfg.dtype),
+                kernel_init=nn.initializers.normal(cfg.initializer_range),
+                name="pooler",
+            )
+            pooled = jnp.tanh(dense(states[-1][:, 0]))
+        return ModelOutput(
+            last_hidden_state=states[-1],
+            hidden_states=tuple(states) if output_hidden_states else None,
+            pooled=pooled,
+        )
+
+    def default_position_ids(self, input_ids: jax.Array) -> jax.Array:
+        if self.config.model_type == "roberta":
+            # RoBERTa numbers real tokens from pad_token_id + 1 and gives pads pad_token_id.
+            real = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+            return jnp.cumsum(real, axis=1) * real + self.config.pad_token_id
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+
+def tensor_maps(cfg: BertConfig) -> list[TensorMap]:
+    def linear(path: str, hf: str) -> list[TensorMap]:
+        return [
+            TensorMap(f"{path}/kernel", f"{hf}.weight", True),
+            TensorMap(f"{path}/bias", f"{hf}.bias"),
+        ]
+
+    def norm(path: str, hf: str) -> list[TensorMap]:
+        return [TensorMap(f"{path}/scale", f"{hf}.weight"), TensorMap(f"{path}/bias", f"{hf}.bias")]
+
+    maps = [
+        TensorMap("embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight"),
+        TensorMap(
+            "embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight"
+        ),
+        TensorMap(
+            "embeddings/token_type_embeddings/embedding", "embeddings.token_type_embeddings.weight"
+        ),
+        *norm("embeddings/layer_norm", "embeddings.LayerNorm"),
+    ]
+    for i in range(cfg.num_layers):
+        ours, theirs = f"encoder/layer_{i}", f"encoder.layer.{i}"
+        for proj in ("query", "key", "value"):
+            maps += linear(f"{ours}/attention/{proj}", f"{theirs}.attention.self.{proj}")
+        maps += linear(f"{ours}/attention/output", f"{theirs}.attention.output.dense")
+        maps += norm(f"{ours}/attention_norm", f"{theirs}.attention.output.LayerNorm")
+        maps += linear(f"{ours}/mlp/intermediate", f"{theirs}.intermediate.dense")
+        maps += linear(f"{ours}/mlp/output", f"{theirs}.output.dense")
+        maps += norm(f"{ours}/mlp_norm", f"{theirs}.output.LayerNorm")
+    if cfg.with_pooler:
+        maps += linear("pooler", "pooler.dense")
+    return maps
+
+
+def fit_to_checkpoint(cfg: BertConfig, tensors: dict[str, Any]) -> BertConfig:
+    has_pooler = any(name.endswith("pooler.dense.weight") for name in tensors)
+    return dataclasses.replace(cfg, with_pooler=has_pooler)
+
+
+FAMILY = Family(
+    model_types=("bert", "roberta"),
+    config_from_hf=BertConfig.from_hf,
+    module=BertModel,
+    tensor_maps=tensor_maps,
+    hf_prefixes=("", "bert.", "roberta."),
+    fit_to_checkpoint=fit_to_checkpoint,
+)

@@ -1,0 +1,216 @@
+"""GPT-2: decoder-only, causal, pre-LN, LM head tied to the token embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models import layers
+from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_new"
+    max_position_embeddings: int = 1024
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1  # resid_pdrop
+    embedding_dropout: float = 0.1  # embd_pdrop
+    attention_dropout: float = 0.1
+    initializer_range: float = 0.02
+    scale_attention: bool = True
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> GPT2Config:
+        if hf.get("scale_attn_by_inverse_layer_idx"):
+            raise ValueError(
+                "config.json scale_attn_by_inverse_layer_idx=true is not supported "
+                "(no released GPT-2 checkpoint uses it)"
+            )
+        if hf.get("add_cross_attention"):
+            raise ValueError(
+                "config.json add_cross_attention=true: GPT-2 with cross-attention is not supported"
+            )
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["n_embd"],
+            num_layers=hf["n_layer"],
+            num_heads=hf["n_head"],
+            intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+            hidden_act=hf.get("activation_function", "gelu_new"),
+            max_position_embeddings=hf["n_positions"],
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            hidden_dropout=hf.get("resid_pdrop", 0.1),
+            embedding_dropout=hf.get("embd_pdrop", 0.1),
+            attention_dropout=hf.get("attn_pdrop", 0.1),
+            initializer_range=hf.get("initializer_range", 0.02),
+            scale_attention=hf.get("scale_attn_weights", True),
+            bos_token_id=hf.get("bos_token_id", 50256),
+            eos_token_id=hf.get("eos_token_id", 50256),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_embd": self.hidden_size,
+            "n_layer": self.num_layers,
+            "n_head": self.num_heads,
+            "n_inner": self.intermediate_size,
+            "activation_function": self.hidden_act,
+            "n_positions": self.max_position_embeddings,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "resid_pdrop": self.hidden_dropout,
+            "embd_pdrop": self.embedding_dropout,
+            "attn_pdrop": self.attention_dropout,
+            "initializer_range": self.initializer_range,
+            "scale_attn_weights": self.scale_attention,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
+
+
+class GPT2Block(nn.Module):
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+        init = nn.initializers.normal(cfg.initializer_range)
+        dropout = nn.Dropout(cfg.hidden_dropout)
+        h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x)
+        h = layers.Attention(
+            cfg.num_heads,
+            cfg.head_dim,
+            scale=cfg.scale_attention,
+            dropout_rate=cfg.attention_dropout,
+            dtype=dtype,
+            kernel_init=init,
+            name="attention",
+        )(h, mask, deterministic=deterministic)
+        x = x + dropout(h, deterministic=deterministic)
+        h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(x)
+        h = layers.FeedForward(
+            cfg.intermediate_size, cfg.hidden_act, dtype=dtype, kernel_init=init, name="mlp"
+        )(h, deterministic=deterministic)
+        return x + dropout(h, deterministic=deterministic)
+
+
+class GPT2Decoder(nn.Module):
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
+        states = [x]
+        for i in range(self.config.num_layers):
+            x = GPT2Block(self.config, name=f"layer_{i}")(x, mask, deterministic)
+            states.append(x)
+        states[-1] = layers.LayerNorm(
+            self.config.layer_norm_eps, dtype_of(self.config.dtype), name="final_norm"
+        )(x)
+        return states
+
+
+class GPT2Model(nn.Module):
+    """GPT-2 with its tied LM head; returns final hidden states and logits.
+
+    Position ids default to each token's index among the real tokens of its row, so
+    left padding (and, later, a prefix) leaves the real tokens' positions unchanged;
+    for right-padded batches this is Hugging Face's default `arange`.
+    """
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        wte = layers.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            (layers.VOCAB, layers.EMBED),
+            dtype,
+            cfg.initializer_range,
+            name="word_embeddings",
+        )
+        wpe = layers.Embed(
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            (layers.POSITION, layers.EMBED),
+            dtype,
+            cfg.initializer_range,
+            name="position_embeddings",
+        )
+        x = wte(input_ids) + wpe(position_ids)
+        x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
+        mask = layers.padding_mask(None, attention_mask) & layers.causal_mask(input_ids.shape[1])
+        states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
+        return ModelOutput(
+            last_hidden_state=states[-1],
+            hidden_states=tuple(states) if output_hidden_states else None,
+            logits=wte.attend(states[-1]),
+        )
+
+
+def tensor_maps(cfg: GPT2Config) -> list[TensorMap]:
+    # GPT-2 uses Conv1D, whose weight is already (in, out): nothing is transposed.
+    def affine(path: str, hf: str, part: tuple[int, int] | None = None) -> list[TensorMap]:
+        weight = "scale" if path.endswith("norm") else "kernel"
+        return [
+            TensorMap(f"{path}/{weight}", f"{hf}.weight", part=part),
+            TensorMap(f"{path}/bias", f"{hf}.bias", part=part),
+        ]
+
+    maps = [
+        TensorMap("word_embeddings/embedding", "wte.weight"),
+        TensorMap("position_embeddings/embedding", "wpe.weight"),
+        *affine("decoder/final_norm", "ln_f"),
+    ]
+    for i in range(cfg.num_layers):
+        ours, theirs = f"decoder/layer_{i}", f"h.{i}"
+        maps += affine(f"{ours}/attention_norm", f"{theirs}.ln_1")
+        for index, proj in enumerate(("query", "key", "value")):
+            maps += affine(f"{ours}/attention/{proj}", f"{theirs}.attn.c_attn", (index, 3))
+        maps += affine(f"{ours}/attention/output", f"{theirs}.attn.c_proj")
+        maps += affine(f"{ours}/mlp_norm", f"{theirs}.ln_2")
+        maps += affine(f"{ours}/mlp/intermediate", f"{theirs}.mlp.c_fc")
+        maps += affine(f"{ours}/mlp/output", f"{theirs}.mlp.c_proj")
+    return maps
+
+
+FAMILY = Family(
+    model_types=("gpt2",),
+    config_from_hf=GPT2Config.from_hf,
+    module=GPT2Model,
+    tensor_maps=tensor_maps,
+    hf_prefixes=("", "transformer."),
+    save_prefix="transformer.",
+)

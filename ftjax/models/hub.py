@@ -1,0 +1,332 @@
+"""Hugging Face checkpoints <-> (ftjax module, params).
+
+`from_pretrained` takes a bundled asset name ("minilm"), a local checkpoint folder
+(config.json + model.safetensors, sharded safetensors, or pytorch_model.bin read with
+`weights_only=True`) or a hub id, and returns `(model, params)`. `save_pretrained`
+writes the same layout back, so transformers' PyTorch classes load what ftjax saved.
+
+Every ftjax parameter that the family's tensor table names must come from the
+checkpoint (a missing or misshapen tensor is an error naming it). Parameters the table
+does not name are new by design (a task head, LoRA factors, ...): they are initialised
+at random and listed in a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from ftjax import sources
+from ftjax.models import bert, gpt2, t5
+from ftjax.models.base import Family, TensorMap
+
+log = logging.getLogger("ftjax.models")
+
+FAMILIES: dict[str, Family] = {
+    model_type: family
+    for family in (bert.FAMILY, gpt2.FAMILY, t5.FAMILY)
+    for model_type in family.model_types
+}
+Params = dict[str, Any]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the tensor or field."""
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def _model_asset_names() -> frozenset[str]:
+    from ftjax import assets
+
+    return assets.asset_names("model")
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+    """The local folder holding a checkpoint named by asset name, path or hub id."""
+    name = os.fspath(name_or_path)
+    kind = sources.classify_source(name, _model_asset_names)
+    if kind == "path":
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                f"{path} has no config.json: not a Hugging Face checkpoint folder"
+            )
+        return path
+    if kind == "asset":
+        from ftjax import assets
+
+        return Path(assets.fetch(name))
+    sources.require_hub(name, "model")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                name,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"],
+            )
+        )
+    except Exception as err:  # noqa: BLE001 - every hub failure gets the same advice
+        raise sources.SourceError(
+            f"could not download model {name!r} from the Hugging Face hub ({err}). Use a "
+            "bundled asset name or a local checkpoint folder on machines without the hub."
+        ) from err
+
+
+def read_config(checkpoint_dir: Path) -> tuple[Family, Any]:
+    hf = json.loads((checkpoint_dir / "config.json").read_text())
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"{checkpoint_dir / 'config.json'}: model_type={model_type!r} is not supported; "
+            f"supported: {sorted(FAMILIES)}"
+        )
+    family = FAMILIES[model_type]
+    try:
+        return family, family.config_from_hf(hf)
+    except KeyError as err:
+        raise CheckpointError(
+            f"{checkpoint_dir / 'config.json'} lacks field {err.args[0]!r} "
+            f"needed for model_type={model_type!r}"
+        ) from err
+
+
+def read_tensors(checkpoint_dir: Path) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint folder as float32/int numpy arrays, by HF name."""
+    from safetensors.numpy import load_file
+
+    single = checkpoint_dir / "model.safetensors"
+    index = checkpoint_dir / "model.safetensors.index.json"
+    if single.is_file():
+        tensors = load_file(single)
+    elif index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors = {k: v for shard in shards for k, v in load_file(checkpoint_dir / shard).items()}
+    elif (checkpoint_dir / "pytorch_model.bin").is_file():
+        tensors = _read_torch_bin(checkpoint_dir / "pytorch_model.bin")
+    else:
+        raise CheckpointError(
+            f"{checkpoint_dir} holds no model.safetensors, model.safetensors.index.json "
+            "or pytorch_model.bin"
+        )
+    return {name: _as_float32(array) for name, array in tensors.items()}
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as err:
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle; install torch to read it, or convert the "
+            "checkpoint to model.safetensors"
+        ) from err
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never a free pickle
+    return {
+        name: tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+        for name, tensor in state.items()
+    }
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    return (
+        array.astype(np.float32)
+        if np.issubdtype(array.dtype, np.floating) or str(array.dtype) == "bfloat16"
+        else array
+    )
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray], family: Family, maps: list[TensorMap]):
+    """Picks the prefix ("", "bert.", "transformer.") under which the checkpoint stores
+    the base model, and returns the tensors renamed without it."""
+    wanted = {m.hf_name for m in maps}
+
+    def hits(prefix: str) -> int:
+        return sum(name[len(prefix) :] in wanted for name in tensors if name.startswith(prefix))
+
+    prefix = max(family.hf_prefixes, key=hits)
+    return {
+        name[len(prefix) :] if name.startswith(prefix) else name: array
+        for name, array in tensors.items()
+    }
+
+
+# ---------------------------------------------------------------------------- params
+
+
+def abstract_params(model: nn.Module, family: Family) -> Params:
+    """Shapes and logical axes of every param, without allocating them."""
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), **family.dummy_inputs(model.config))
+    )
+    return variables["params"]
+
+
+def init_params(model: nn.Module, rng: jax.Array | int = 0) -> Params:
+    """Random params for `model` (tiny test configs, or new parts); plain arrays."""
+    family = family_of(model)
+    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    variables = jax.jit(lambda key: model.init(key, **family.dummy_inputs(model.config)))(rng)
+    return nn.unbox(variables["params"])
+
+
+def param_axes(model: nn.Module) -> Params:
+    """The logical axis names of every parameter, as a pytree of PartitionSpecs."""
+    return nn.get_partition_spec(abstract_params(model, family_of(model)))
+
+
+def family_of(model: nn.Module) -> Family:
+    for family in FAMILIES.values():
+        if isinstance(model, family.module):
+            return family
+    raise TypeError(f"{type(model).__name__} is not an ftjax model")
+
+
+def params_from_tensors(
+    model: nn.Module, tensors: dict[str, np.ndarray], source: str, rng: int = 0
+) -> Params:
+    family = family_of(model)
+    maps = {m.path: m for m in family.tensor_maps(model.config)}
+    expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model, family)), sep="/")
+    loaded, new = {}, []
+    for path, shape in expected.items():
+        if path not in maps:
+            new.append(path)
+            continue
+        m = maps[path]
+        if m.hf_name not in tensors:
+            raise CheckpointError(
+                f"{source}: tensor {m.hf_name!r} (for ftjax param {path}) is missing"
+            )
+        array = tensors[m.hf_name]
+        if m.part is not None:
+            array = np.split(array, m.part[1], axis=-1)[m.part[0]]
+        if m.transpose:
+            array = array.T
+        if array.shape != shape.shape:
+            raise CheckpointError(
+                f"{source}: tensor {m.hf_name!r} has shape {tuple(tensors[m.hf_name].shape)}; "
+                f"ftjax param {path} needs {shape.shape}"
+                + (" after transposing" if m.transpose else "")
+                + f" (config: {model.config})"
+            )
+        loaded[path] = np.ascontiguousarray(array, dtype=shape.dtype)
+    used = {maps[p].hf_name for p in loaded}
+    unused = sorted(set(tensors) - used)
+    if unused:
+        log.info(
+            "%s: %d checkpoint tensors not used by %s: %s",
+            source,
+            len(unused),
+            type(model).__name__,
+            _summarise(unused),
+        )
+    if new:
+        log.info(
+            "initialised at random (new by design, not in the checkpoint): %s", _summarise(new)
+        )
+        fresh = traverse_util.flatten_dict(init_params(model, rng), sep="/")
+        loaded.update({path: fresh[path] for path in new})
+    return traverse_util.unflatten_dict(
+        {k: jax.numpy.asarray(v) for k, v in loaded.items()}, sep="/"
+    )
+
+
+def _summarise(names: list[str], limit: int = 12) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike, *, dtype: str = "float32", **config_overrides: Any
+) -> tuple[nn.Module, Params]:
+    """Loads a supported checkpoint: `model, params = from_pretrained("minilm")`.
+
+    `dtype` is the compute dtype (params stay float32); other keyword arguments override
+    fields of the family's config (e.g. `hidden_dropout=0.0`).
+    """
+    checkpoint_dir = resolve_checkpoint_dir(name_or_path)
+    family, config = read_config(checkpoint_dir)
+    maps = family.tensor_maps(config)
+    tensors = _strip_prefix(read_tensors(checkpoint_dir), family, maps)
+    config = family.fit_to_checkpoint(config, tensors)
+    config = override_config(config, dtype=dtype, **config_overrides)
+    model = family.module(config)
+    return model, params_from_tensors(model, tensors, str(checkpoint_dir))
+
+
+def override_config(config: Any, **overrides: Any) -> Any:
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown {type(config).__name__} field(s) {unknown}; known: {sorted(fields)}"
+        )
+    return dataclasses.replace(config, **overrides)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def params_to_tensors(model: nn.Module, params: Params) -> dict[str, np.ndarray]:
+    """ftjax params -> HF-named numpy tensors (fused tensors reassembled)."""
+    family = family_of(model)
+    flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+    pieces: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    mapped = set()
+    for m in family.tensor_maps(model.config):
+        if m.path not in flat:
+            raise CheckpointError(f"param {m.path} is missing from the params being saved")
+        array = np.asarray(flat[m.path], dtype=np.float32)
+        mapped.add(m.path)
+        pieces[m.hf_name].append((m.part[0] if m.part else 0, array))
+    extra = sorted(set(flat) - mapped)
+    if extra:
+        log.info("not saved (no Hugging Face equivalent): %s", _summarise(extra))
+    tensors = {}
+    for m in family.tensor_maps(model.config):
+        if m.hf_name in tensors:
+            continue
+        parts = [array for _, array in sorted(pieces[m.hf_name], key=lambda p: p[0])]
+        array = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+        tensors[m.hf_name] = np.ascontiguousarray(array.T if m.transpose else array)
+    return tensors
+
+
+def save_pretrained(model: nn.Module, params: Params, out_dir: str | os.PathLike) -> Path:
+    """Writes config.json + model.safetensors in the Hugging Face layout."""
+    from safetensors.numpy import save_file
+
+    family = family_of(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = params_to_tensors(model, params)
+    save_file(
+        {family.save_prefix + k: v for k, v in tensors.items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    (out / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+    return out
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """The tokenizer stored with a checkpoint (asset name, folder or hub id)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_checkpoint_dir(name_or_path)))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2 ships without a pad token; padded positions are masked anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,406 @@
+"""T5 encoder-decoder: relative position bias, RMS norms, pre-LN, no attention scaling.
+
+Covers the original T5 (ReLU feed-forward, LM head tied to the shared embeddings with
+decoder outputs scaled by d_model**-0.5) and T5 v1.1 (gated-GELU feed-forward, untied
+LM head, no output scaling), with encoder and decoder depths that may differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftjax.models import layers
+from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 32128
+    hidden_size: int = 512  # d_model
+    head_dim: int = 64  # d_kv (need not equal hidden_size / num_heads)
+    intermediate_size: int = 2048  # d_ff
+    num_layers: int = 6
+    num_decoder_layers: int = 6
+    num_heads: int = 8
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "relu"
+    gated_mlp: bool = False  # feed_forward_proj "gated-gelu" (v1.1)
+    tie_word_embeddings: bool = True  # LM head shares the embedding matrix
+    scale_decoder_outputs: bool = True  # multiply by d_model**-0.5 before a tied LM head
+    initializer_factor: float = 1.0
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: str = "float32"
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> T5Config:
+        proj = hf.get("feed_forward_proj", "relu")
+        parts = proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(f"config.json feed_forward_proj={proj!r} is not 'ACT' or 'gated-ACT'")
+        act = parts[-1]
+        if proj == "gated-gelu":
+            act = "gelu_new"  # what HF (and the original v1.1 checkpoints) use
+        num_layers = hf["num_layers"]
+        # Older configs say "no output scaling" with tie_word_embeddings=false;
+        # transformers v5 writes scale_decoder_outputs explicitly.
+        scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["d_model"],
+            head_dim=hf["d_kv"],
+            intermediate_size=hf["d_ff"],
+            num_layers=num_layers,
+            num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+            num_heads=hf["num_heads"],
+            relative_buckets=hf.get("relative_attention_num_buckets", 32),
+            relative_max_distance=hf.get("relative_attention_max_distance", 128),
+            dropout=hf.get("dropout_rate", 0.1),
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+            hidden_act=act,
+            gated_mlp=parts[0] == "gated" and len(parts) == 2,
+            scale_decoder_outputs=bool(scale),
+            initializer_factor=hf.get("initializer_factor", 1.0),
+            pad_token_id=hf.get("pad_token_id", 0),
+            eos_token_id=hf.get("eos_token_id", 1),
+            decoder_start_token_id=hf.get("decoder_start_token_id", 0),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        act = "gelu" if self.gated_mlp and self.hidden_act == "gelu_new" else self.hidden_act
+        return {
+            "model_type": "t5",
+            "architectures": ["T5ForConditionalGeneration"],
+            "vocab_size": self.vocab_size,
+            "d_model": self.hidden_size,
+            "d_kv": self.head_dim,
+            "d_ff": self.intermediate_size,
+            "num_layers": self.num_layers,
+            "num_decoder_layers": self.num_decoder_layers,
+            "num_heads": self.num_heads,
+            "relative_attention_num_buckets": self.relative_buckets,
+            "relative_attention_max_distance": self.relative_max_distance,
+            "dropout_rate": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "feed_forward_proj": f"gated-{act}" if self.gated_mlp else act,
+            "tie_word_embeddings": self.scale_decoder_outputs,
+            "scale_decoder_outputs": self.scale_decoder_outputs,
+            "initializer_factor": self.initializer_factor,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+        }
+
+
+def relative_position_buckets(
+    query_length: int, key_length: int, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
+    """T5's bucketing of (key - query) offsets, [q, k] int32.
+
+    Shapes are static, so this runs in numpy at trace time, in float32 with the same
+    operation order as the reference, so every bucket boundary lands where it does there.
+    """
+    relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
+    buckets = np.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0) * num_buckets
+        relative = np.abs(relative)
+    else:
+        relative = -np.minimum(relative, 0)
+    max_exact = num_buckets // 2
+    with np.errstate(divide="ignore"):
+        scaled = (
+            np.log(relative.astype(np.float32) / np.float32(max_exact))
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(num_buckets - max_exact)
+        )
+    large = max_exact + np.where(relative < max_exact, 0, scaled).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return (buckets + np.where(relative < max_exact, relative, large)).astype(np.int32)
+
+
+class RelativeBias(nn.Module):
+    """Learned per-head bias for each relative-position bucket: [1, heads, q, k]."""
+
+    config: T5Config
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_length: int, key_length: int) -> jax.Array:
+        cfg = self.config
+        table = layers.Embed(
+            cfg.relative_buckets,
+            cfg.num_heads,
+            (layers.RELPOS_BUCKETS, layers.HEADS),
+            jnp.float32,
+            cfg.initializer_factor * cfg.hidden_size**-0.5,
+            name="embed",
+        )
+        buckets = relative_position_buckets(
+            query_length,
+            key_length,
+            self.bidirectional,
+            cfg.relative_buckets,
+            cfg.relative_max_distance,
+        )
+        return table(jnp.asarray(buckets)).transpose(2, 0, 1)[None]
+
+
+class T5Layer(nn.Module):
+    """One encoder layer, or (with `context`) one decoder layer with cross-attention."""
+
+    config: T5Config
+    is_decoder: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, bias, context, context_mask, deterministic: bool):
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+        init = nn.initializers.normal(cfg.initializer_factor * cfg.hidden_size**-0.5)
+        dropout = nn.Dropout(cfg.dropout)
+
+        def attention(name: str) -> layers.Attention:
+            return layers.Attention(
+                cfg.num_heads,
+                cfg.head_dim,
+                use_bias=False,
+                scale=False,
+                dropout_rate=cfg.dropout,
+                dtype=dtype,
+                kernel_init=init,
+                name=name,
+            )
+
+        def norm(name: str) -> layers.RMSNorm:
+            return layers.RMSNorm(cfg.layer_norm_eps, dtype, name=name)
+
+        h = attention("attention")(
+            norm("attention_norm")(x), mask, bias=bias, deterministic=deterministic
+        )
+        x = x + dropout(h, deterministic=deterministic)
+        if self.is_decoder:
+            h = attention("cross_attention")(
+                norm("cross_attention_norm")(x),
+                context_mask,
+                context=context,
+                deterministic=deterministic,
+            )
+            x = x + dropout(h, deterministic=deterministic)
+        h = layers.FeedForward(
+            cfg.intermediate_size,
+            cfg.hidden_act,
+            gated=cfg.gated_mlp,
+            use_bias=False,
+            dropout_rate=cfg.dropout,
+            dtype=dtype,
+            kernel_init=init,
+            name="mlp",
+        )(norm("mlp_norm")(x), deterministic=deterministic)
+        return x + dropout(h, deterministic=deterministic)
+
+
+class T5Stack(nn.Module):
+    """Encoder (bidirectional) or decoder (causal + cross-attention) stack."""
+
+    config: T5Config
+    is_decoder: bool
+
+    @nn.compact
+    def __call__(self, x, attention_mask, context, context_mask, deterministic: bool):
+        cfg = self.config
+        length = x.shape[1]
+        mask = layers.padding_mask(None, attention_mask)
+        if self.is_decoder:
+            mask = mask & layers.causal_mask(length)
+            context_mask = layers.padding_mask(None, context_mask)
+        bias = RelativeBias(cfg, bidirectional=not self.is_decoder, name="relative_bias")(
+            length, length
+        )
+        dropout = nn.Dropout(cfg.dropout)
+        x = dropout(x, deterministic=deterministic)
+        states = [x]
+        depth = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
+        for i in range(depth):
+            x = T5Layer(cfg, self.is_decoder, name=f"layer_{i}")(
+                x, mask, bias, context, context_mask, deterministic
+            )
+            states.append(x)
+        x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
+        states[-1] = dropout(x, deterministic=deterministic)
+        return states
+
+
+class T5Model(nn.Module):
+    """T5 encoder-decoder with its LM head.
+
+    Without `decoder_input_ids` only the encoder runs (features for probes and
+    classifiers); `encode` / `decode` split the two halves for generation and scoring.
+    """
+
+    config: T5Config
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.shared = layers.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            (layers.VOCAB, layers.EMBED),
+            dtype_of(cfg.dtype),
+            cfg.initializer_factor,
+            name="shared",
+        )
+        self.encoder = T5Stack(cfg, is_decoder=False)
+        self.decoder = T5Stack(cfg, is_decoder=True)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = layers.Dense(
+                cfg.vocab_size,
+                (layers.EMBED, layers.VOCAB),
+                use_bias=False,
+                dtype=dtype_of(cfg.dtype),
+                kernel_init=nn.initializers.normal(cfg.initializer_factor),
+            )
+
+    def encode(self, input_ids, attention_mask=None, *, deterministic=True) -> list[jax.Array]:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return self.encoder(self.shared(input_ids), attention_mask, None, None, deterministic)
+
+    def decode(
+        self,
+        decoder_input_ids,
+        encoder_states,
+        attention_mask,
+        decoder_attention_mask=None,
+        *,
+        deterministic=True,
+    ) -> tuple[list, jax.Array]:
+        if decoder_attention_mask is None:
+            decoder_attention_mask = jnp.ones_like(decoder_input_ids)
+        states = self.decoder(
+            self.shared(decoder_input_ids),
+            decoder_attention_mask,
+            encoder_states,
+            attention_mask,
+            deterministic,
+        )
+        out = states[-1]
+        if self.config.tie_word_embeddings:
+            if self.config.scale_decoder_outputs:
+                out = out * self.config.hidden_size**-0.5
+            return states, self.shared.attend(out)
+        return states, self.lm_head(out)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        decoder_input_ids: jax.Array | None = None,
+        decoder_attention_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        encoder_states = self.encode(input_ids, attention_mask, deterministic=deterministic)
+        encoded = encoder_states[-1]
+        if decoder_input_ids is None:
+            if self.is_initializing():  # create the decoder's params too
+                self.decode(input_ids[:, :1], encoded, attention_mask)
+            return ModelOutput(
+                last_hidden_state=encoded,
+                hidden_states=tuple(encoder_states) if output_hidden_states else None,
+                encoder_last_hidden_state=encoded,
+            )
+        states, logits = self.decode(
+            decoder_input_ids,
+            encoded,
+            attention_mask,
+            decoder_attention_mask,
+            deterministic=deterministic,
+        )
+        return ModelOutput(
+            last_hidden_state=states[-1],
+            hidden_states=tuple(states) if output_hidden_states else None,
+            logits=logits,
+            encoder_last_hidden_state=encoded,
+            encoder_hidden_states=tuple(encoder_states) if output_hidden_states else None,
+        )
+
+
+def tensor_maps(cfg: T5Config) -> list[TensorMap]:
+    def linear(path: str, hf: str) -> TensorMap:
+        return TensorMap(f"{path}/kernel", f"{hf}.weight", transpose=True)
+
+    def attention(path: str, hf: str) -> list[TensorMap]:
+        return [
+            linear(f"{path}/{ours}", f"{hf}.{theirs}")
+            for ours, theirs in zip(("query", "key", "value", "output"), "qkvo", strict=True)
+        ]
+
+    def mlp(path: str, hf: str) -> list[TensorMap]:
+        if cfg.gated_mlp:
+            pairs = [("gate", "wi_0"), ("intermediate", "wi_1"), ("output", "wo")]
+        else:
+            pairs = [("intermediate", "wi"), ("output", "wo")]
+        return [linear(f"{path}/{ours}", f"{hf}.{theirs}") for ours, theirs in pairs]
+
+    def norm(path: str, hf: str) -> TensorMap:
+        return TensorMap(f"{path}/scale", f"{hf}.weight")
+
+    maps = [TensorMap("shared/embedding", "shared.weight")]
+    for stack, depth in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        maps.append(
+            TensorMap(
+                f"{stack}/relative_bias/embed/embedding",
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            )
+        )
+        maps.append(norm(f"{stack}/final_norm", f"{stack}.final_layer_norm"))
+        for i in range(depth):
+            ours, theirs = f"{stack}/layer_{i}", f"{stack}.block.{i}.layer"
+            maps += attention(f"{ours}/attention", f"{theirs}.0.SelfAttention")
+            maps.append(norm(f"{ours}/attention_norm", f"{theirs}.0.layer_norm"))
+            ff = 1
+            if stack == "decoder":
+                maps += attention(f"{ours}/cross_attention", f"{theirs}.1.EncDecAttention")
+                maps.append(norm(f"{ours}/cross_attention_norm", f"{theirs}.1.layer_norm"))
+                ff = 2
+            maps += mlp(f"{ours}/mlp", f"{theirs}.{ff}.DenseReluDense")
+            maps.append(norm(f"{ours}/mlp_norm", f"{theirs}.{ff}.layer_norm"))
+    if not cfg.tie_word_embeddings:
+        maps.append(linear("lm_head", "lm_head"))
+    return maps
+
+
+def fit_to_checkpoint(cfg: T5Config, tensors: dict[str, Any]) -> T5Config:
+    """The LM head is untied exactly when the checkpoint holds a different lm_head."""
+    head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    untied = head is not None and (shared is None or not np.array_equal(head, shared))
+    return dataclasses.replace(cfg, tie_word_embeddings=not untied)
+
+
+def _dummy_inputs(cfg: T5Config) -> dict[str, Any]:
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return {"input_ids": ids, "decoder_input_ids": ids}
+
+
+FAMILY = Family(
+    model_types=("t5",),
+    config_from_hf=T5Config.from_hf,
+    module=T5Model,
+    tensor_maps=tensor_maps,
+    dummy_inputs=_dummy_inputs,
+    fit_to_checkpoint=fit_to_checkpoint,
+)
