@@ -1,0 +1,60 @@
+"""Parameter paths, counts and the table every run prints.
+
+Parameter paths ("encoder/layer_3/attention/query/kernel") are ftjax's public
+vocabulary: configs, trainable masks, sharding rules and checkpoints all speak it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+Params = Mapping[str, Any]
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """{"encoder/layer_0/attention/query/kernel": array, ...}"""
+    return traverse_util.flatten_dict(dict(params), sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def count(params: Params) -> int:
+    return int(sum(np.prod(np.shape(leaf)) for leaf in flatten(params).values()))
+
+
+def group_of(path: str, depth: int) -> str:
+    """The first `depth` components of a path ("encoder/layer_3"), never the leaf name."""
+    parts = path.split("/")
+    return "/".join(parts[: max(1, min(depth, len(parts) - 1))])
+
+
+def param_table(params: Params, trainable: Mapping[str, bool] | None = None, depth: int = 2) -> str:
+    """A plain-text table of parameter counts per group, with the trainable share.
+
+    `trainable` maps flat paths to booleans (all trainable when omitted).
+    """
+    flat = flatten(params)
+    trainable = trainable or dict.fromkeys(flat, True)
+    rows: dict[str, list[int]] = {}
+    for path, leaf in flat.items():
+        size = int(np.prod(np.shape(leaf)))
+        row = rows.setdefault(group_of(path, depth), [0, 0])
+        row[0] += size
+        row[1] += size if trainable[path] else 0
+    total = sum(r[0] for r in rows.values())
+    total_trainable = sum(r[1] for r in rows.values())
+    width = max(len("group"), *(len(g) for g in rows))
+    lines = [f"{'group':<{width}}  {'params':>12}  {'trainable':>12}  {'% of total':>10}"]
+    for group, (size, train) in rows.items():
+        lines.append(f"{group:<{width}}  {size:>12,}  {train:>12,}  {100 * train / total:>9.3f}%")
+    lines.append(
+        f"{'total':<{width}}  {total:>12,}  {total_trainable:>12,}  "
+        f"{100 * total_trainable / total:>9.3f}%"
+    )
+    return "\n".join(lines)
