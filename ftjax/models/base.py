@@ -35,6 +35,32 @@ class ModelOutput:
 
 
 @dataclasses.dataclass(frozen=True)
+class PeftConfig:
+    """Extra parameters that fine-tuning methods switch on; all off by default.
+
+    Every family's config has a `peft` field of this type, and the layers read it:
+    LoRA factors in the dense layers whose module path fully matches `lora_targets`
+    (e.g. "encoder/layer_0/attention/query"), bottleneck adapters after the attention
+    and feed-forward sublayers, trainable key/value prefixes in every attention layer
+    (optionally produced by an MLP, Li & Liang's reparameterisation), and a soft prompt
+    prepended to the (encoder) input embeddings.
+    """
+
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ""  # regex over dense-layer module paths
+    adapter_size: int = 0
+    prefix_length: int = 0
+    prefix_hidden: int = 0  # > 0: prefixes come from an MLP of this width (fold later)
+    prompt_length: int = 0
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorMap:
     """One ftjax parameter <- one Hugging Face tensor (or one slice of a fused tensor).
 

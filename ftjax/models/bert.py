@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models import layers
-from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+from ftjax.models.base import Family, ModelOutput, PeftConfig, TensorMap, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class BertConfig:
     with_pooler: bool = True
     model_type: str = "bert"  # "roberta": positions count from pad_token_id + 1
     dtype: str = "float32"
+    peft: PeftConfig = PeftConfig()
 
     @property
     def head_dim(self) -> int:
@@ -90,7 +91,7 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_range)
         dropout = nn.Dropout(cfg.hidden_dropout)
@@ -100,17 +101,23 @@ class BertLayer(nn.Module):
             dropout_rate=cfg.attention_dropout,
             dtype=dtype,
             kernel_init=init,
+            peft=cfg.peft,
             name="attention",
-        )(x, mask, deterministic=deterministic)
-        x = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(
-            x + dropout(attn, deterministic=deterministic)
+        )(x, mask, prefix=prefix, deterministic=deterministic)
+        attn = layers.adapt(
+            cfg.peft, dropout(attn, deterministic=deterministic), "attention_adapter", dtype
         )
+        x = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x + attn)
         h = layers.FeedForward(
-            cfg.intermediate_size, cfg.hidden_act, dtype=dtype, kernel_init=init, name="mlp"
+            cfg.intermediate_size,
+            cfg.hidden_act,
+            dtype=dtype,
+            kernel_init=init,
+            peft=cfg.peft,
+            name="mlp",
         )(x, deterministic=deterministic)
-        return layers.LayerNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(
-            x + dropout(h, deterministic=deterministic)
-        )
+        h = layers.adapt(cfg.peft, dropout(h, deterministic=deterministic), "mlp_adapter", dtype)
+        return layers.LayerNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(x + h)
 
 
 class BertEmbeddings(nn.Module):
@@ -141,9 +148,13 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
+        cfg = self.config
+        prefix = layers.prefixes(
+            cfg.peft, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        )
         states = [x]
-        for i in range(self.config.num_layers):
-            x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+        for i in range(cfg.num_layers):
+            x = BertLayer(cfg, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
             states.append(x)
         return states
 
@@ -174,8 +185,10 @@ class BertModel(nn.Module):
         x = BertEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic
         )
+        x, attention_mask = layers.prepend_prompt(cfg.peft, x, attention_mask)
         mask = layers.padding_mask(None, attention_mask)
         states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
+        states = [s[:, cfg.peft.prompt_length :] for s in states]  # outputs align with inputs
         pooled = None
         if cfg.with_pooler:
             dense = layers.Dense(

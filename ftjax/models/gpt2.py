@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models import layers
-from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+from ftjax.models.base import Family, ModelOutput, PeftConfig, TensorMap, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class GPT2Config:
     bos_token_id: int = 50256
     eos_token_id: int = 50256
     dtype: str = "float32"
+    peft: PeftConfig = PeftConfig()
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +92,7 @@ class GPT2Block(nn.Module):
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_range)
         dropout = nn.Dropout(cfg.hidden_dropout)
@@ -103,14 +104,24 @@ class GPT2Block(nn.Module):
             dropout_rate=cfg.attention_dropout,
             dtype=dtype,
             kernel_init=init,
+            peft=cfg.peft,
             name="attention",
-        )(h, mask, deterministic=deterministic)
-        x = x + dropout(h, deterministic=deterministic)
+        )(h, mask, prefix=prefix, deterministic=deterministic)
+        x = x + layers.adapt(
+            cfg.peft, dropout(h, deterministic=deterministic), "attention_adapter", dtype
+        )
         h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="mlp_norm")(x)
         h = layers.FeedForward(
-            cfg.intermediate_size, cfg.hidden_act, dtype=dtype, kernel_init=init, name="mlp"
+            cfg.intermediate_size,
+            cfg.hidden_act,
+            dtype=dtype,
+            kernel_init=init,
+            peft=cfg.peft,
+            name="mlp",
         )(h, deterministic=deterministic)
-        return x + dropout(h, deterministic=deterministic)
+        return x + layers.adapt(
+            cfg.peft, dropout(h, deterministic=deterministic), "mlp_adapter", dtype
+        )
 
 
 class GPT2Decoder(nn.Module):
@@ -118,13 +129,15 @@ class GPT2Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
+        cfg = self.config
+        prefix = layers.prefixes(
+            cfg.peft, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        )
         states = [x]
-        for i in range(self.config.num_layers):
-            x = GPT2Block(self.config, name=f"layer_{i}")(x, mask, deterministic)
+        for i in range(cfg.num_layers):
+            x = GPT2Block(cfg, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
             states.append(x)
-        states[-1] = layers.LayerNorm(
-            self.config.layer_norm_eps, dtype_of(self.config.dtype), name="final_norm"
-        )(x)
+        states[-1] = layers.LayerNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
         return states
 
 
@@ -171,8 +184,10 @@ class GPT2Model(nn.Module):
         )
         x = wte(input_ids) + wpe(position_ids)
         x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
-        mask = layers.padding_mask(None, attention_mask) & layers.causal_mask(input_ids.shape[1])
+        x, attention_mask = layers.prepend_prompt(cfg.peft, x, attention_mask)
+        mask = layers.padding_mask(None, attention_mask) & layers.causal_mask(x.shape[1])
         states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
+        states = [s[:, cfg.peft.prompt_length :] for s in states]  # outputs align with inputs
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,

@@ -13,12 +13,15 @@ single place where prefix keys/values and relative-position biases enter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ftjax.models.base import PeftConfig
 
 Array = jax.Array
 DType = Any
@@ -36,6 +39,15 @@ VOCAB, EMBED, HEADS, KV, MLP, NORM, POSITION, TYPE = (
 )
 JOINED_HEADS = "joined_heads"  # heads * head_dim, flattened: q/k/v output, o input
 RELPOS_BUCKETS = "relpos_buckets"
+# Axes of method parameters (small; the sharding rules replicate them).
+LORA, ADAPTER, PREFIX_SITES, KV_PAIR, PREFIX = (
+    "lora",
+    "adapter",
+    "prefix_sites",
+    "kv_pair",
+    "prefix",
+)
+NO_PEFT = PeftConfig()
 
 
 def _param(module: nn.Module, name: str, init: Callable, shape: tuple, axes: tuple) -> Array:
@@ -70,22 +82,45 @@ def matmul(x: Array, kernel: Array, dtype: DType) -> Array:
 
 
 class Dense(nn.Module):
-    """A linear layer `(in, out)` with logical axes; the hook for LoRA factors."""
+    """A linear layer `(in, out)` with logical axes; the hook for LoRA factors.
+
+    When `peft.lora_rank > 0` and this layer's module path fully matches
+    `peft.lora_targets`, it adds `x @ lora_a @ lora_b * alpha / rank` (Hu et al. 2021),
+    with `lora_b` zero at initialisation so the layer starts as the pretrained one.
+    """
 
     features: int
     axes: tuple[str, str]
     use_bias: bool = True
     dtype: DType = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
+    peft: PeftConfig = NO_PEFT
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
         kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
         y = matmul(x, kernel, self.dtype)
         if self.use_bias:
             bias = _param(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:])
             y = y + bias.astype(self.dtype)
+        if self.has_lora():
+            rank = self.peft.lora_rank
+            # PEFT's kaiming-uniform(a=sqrt(5)) for A: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+            lora_a = _param(self, "lora_a", a_init, (x.shape[-1], rank), (self.axes[0], LORA))
+            lora_b = _param(
+                self, "lora_b", nn.initializers.zeros, (rank, self.features), (LORA, self.axes[1])
+            )
+            h = nn.Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
+            delta = matmul(matmul(h, lora_a, self.dtype), lora_b, self.dtype)
+            y = y + delta * jnp.asarray(self.peft.lora_scale, self.dtype)
         return y
+
+    def has_lora(self) -> bool:
+        return (
+            bool(self.peft.lora_rank)
+            and re.fullmatch(self.peft.lora_targets, "/".join(self.path)) is not None
+        )
 
 
 class Embed(nn.Module):
@@ -173,6 +208,7 @@ class Attention(nn.Module):
     dropout_rate: float = 0.0
     dtype: DType = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
+    peft: PeftConfig = NO_PEFT
 
     @nn.compact
     def __call__(
@@ -182,23 +218,26 @@ class Attention(nn.Module):
         *,
         context: Array | None = None,
         bias: Array | None = None,
+        prefix: Array | None = None,
         deterministic: bool = True,
     ) -> Array:
+        """`prefix` [2, P, heads, head_dim]: keys and values every query may attend to,
+        placed before the real keys (prefix tuning); they carry no position bias."""
         context = x if context is None else context
         inner = self.num_heads * self.head_dim
 
-        def project(name: str, source: Array) -> Array:
-            dense = Dense(
-                inner,
-                (EMBED, JOINED_HEADS),
-                self.use_bias,
-                self.dtype,
-                self.kernel_init,
-                name=name,
+        def dense(features: int, axes: tuple[str, str], name: str) -> Dense:
+            return Dense(
+                features, axes, self.use_bias, self.dtype, self.kernel_init, self.peft, name=name
             )
-            return dense(source).reshape(*source.shape[:-1], self.num_heads, self.head_dim)
+
+        def project(name: str, source: Array) -> Array:
+            out = dense(inner, (EMBED, JOINED_HEADS), name)(source, deterministic)
+            return out.reshape(*source.shape[:-1], self.num_heads, self.head_dim)
 
         q, k, v = project("query", x), project("key", context), project("value", context)
+        if prefix is not None:
+            k, v, mask, bias = _prepend_prefix(prefix.astype(self.dtype), k, v, mask, bias)
         if self.scale:
             q = q * jnp.asarray(self.head_dim**-0.5, q.dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -210,14 +249,18 @@ class Attention(nn.Module):
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
         out = out.astype(self.dtype).reshape(*x.shape[:-1], inner)
-        return Dense(
-            x.shape[-1],
-            (JOINED_HEADS, EMBED),
-            self.use_bias,
-            self.dtype,
-            self.kernel_init,
-            name="output",
-        )(out)
+        return dense(x.shape[-1], (JOINED_HEADS, EMBED), "output")(out, deterministic)
+
+
+def _prepend_prefix(prefix, k, v, mask, bias):
+    batch, length = k.shape[0], prefix.shape[1]
+    k = jnp.concatenate([jnp.broadcast_to(prefix[0], (batch, *prefix.shape[1:])), k], axis=1)
+    v = jnp.concatenate([jnp.broadcast_to(prefix[1], (batch, *prefix.shape[1:])), v], axis=1)
+    if mask is not None:
+        mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], length), bool), mask], axis=-1)
+    if bias is not None:
+        bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(length, 0)])
+    return k, v, mask, bias
 
 
 class FeedForward(nn.Module):
@@ -231,17 +274,134 @@ class FeedForward(nn.Module):
     dropout_rate: float = 0.0
     dtype: DType = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
+    peft: PeftConfig = NO_PEFT
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
-        def dense(features: int, axes: tuple[str, str], name: str) -> Dense:
-            return Dense(features, axes, self.use_bias, self.dtype, self.kernel_init, name=name)
+        def dense(features: int, axes: tuple[str, str], name: str, h: Array) -> Array:
+            layer = Dense(
+                features, axes, self.use_bias, self.dtype, self.kernel_init, self.peft, name=name
+            )
+            return layer(h, deterministic)
 
         act = activation(self.act)
         if self.gated:
-            h = act(dense(self.hidden, (EMBED, MLP), "gate")(x))
-            h = h * dense(self.hidden, (EMBED, MLP), "intermediate")(x)
+            h = act(dense(self.hidden, (EMBED, MLP), "gate", x))
+            h = h * dense(self.hidden, (EMBED, MLP), "intermediate", x)
         else:
-            h = act(dense(self.hidden, (EMBED, MLP), "intermediate")(x))
+            h = act(dense(self.hidden, (EMBED, MLP), "intermediate", x))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        return dense(x.shape[-1], (MLP, EMBED), "output")(h)
+        return dense(x.shape[-1], (MLP, EMBED), "output", h)
+
+
+class Adapter(nn.Module):
+    """Houlsby et al. (2019) bottleneck: `x + up(gelu(down(x)))`.
+
+    `up` starts at zero, so an adapter-equipped model starts as the pretrained one.
+    """
+
+    size: int
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = Dense(
+            self.size,
+            (EMBED, ADAPTER),
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(1e-3),
+            name="down",
+        )(x)
+        h = activation("gelu")(h)
+        return x + Dense(
+            x.shape[-1],
+            (ADAPTER, EMBED),
+            dtype=self.dtype,
+            kernel_init=nn.initializers.zeros,
+            name="up",
+        )(h)
+
+
+def adapt(peft: PeftConfig, h: Array, name: str, dtype: DType) -> Array:
+    """Applies a bottleneck adapter named `name` to a sublayer's output, if enabled."""
+    return Adapter(peft.adapter_size, dtype, name=name)(h) if peft.adapter_size else h
+
+
+class PrefixEncoder(nn.Module):
+    """Per-attention-site key/value prefixes, [sites, 2, P, heads, head_dim] (Li & Liang 2021).
+
+    With `peft.prefix_hidden > 0` they come from an MLP over a [P, embed_dim] table (the
+    paper's reparameterisation for stable training); `ftjax.methods.fold_prefix` turns a
+    trained MLP into the plain `key_value` parameter.
+    """
+
+    peft: PeftConfig
+    sites: int
+    num_heads: int
+    head_dim: int
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self) -> Array:
+        length = self.peft.prefix_length
+        shape = (self.sites, 2, length, self.num_heads, self.head_dim)
+        if not self.peft.prefix_hidden:
+            return _param(
+                self,
+                "key_value",
+                nn.initializers.normal(1.0),
+                shape,
+                (PREFIX_SITES, KV_PAIR, PREFIX, HEADS, KV),
+            )
+        table = _param(
+            self,
+            "embedding",
+            nn.initializers.normal(1.0),
+            (length, self.embed_dim),
+            (PREFIX, EMBED),
+        )
+        h = jnp.tanh(Dense(self.peft.prefix_hidden, (EMBED, MLP), name="hidden")(table))
+        out = Dense(
+            self.sites * 2 * self.num_heads * self.head_dim, (MLP, JOINED_HEADS), name="output"
+        )(h)
+        return out.reshape(length, self.sites, 2, self.num_heads, self.head_dim).transpose(
+            1, 2, 0, 3, 4
+        )
+
+
+def prefixes(peft: PeftConfig, sites: int, num_heads: int, head_dim: int, embed_dim: int):
+    """All sites' prefixes from a submodule named "prefix", or None when prefix tuning is off."""
+    if not peft.prefix_length:
+        return [None] * sites
+    return list(PrefixEncoder(peft, sites, num_heads, head_dim, embed_dim, name="prefix")())
+
+
+class SoftPrompt(nn.Module):
+    """Lester et al. (2021): P trainable vectors placed before the input embeddings.
+
+    Real tokens keep their positions; the prompt positions are always attended to.
+    Initialised U(-0.5, 0.5); `ftjax.methods` re-initialises from vocabulary or text.
+    """
+
+    length: int
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        init = nn.initializers.uniform(1.0)
+        table = _param(
+            self,
+            "embedding",
+            lambda k, s, d: init(k, s, d) - 0.5,
+            (self.length, x.shape[-1]),
+            (PREFIX, EMBED),
+        )
+        prompt = jnp.broadcast_to(table.astype(x.dtype), (x.shape[0], *table.shape))
+        ones = jnp.ones((mask.shape[0], self.length), mask.dtype)
+        return jnp.concatenate([prompt, x], 1), jnp.concatenate([ones, mask], 1)
+
+
+def prepend_prompt(peft: PeftConfig, x: Array, mask: Array) -> tuple[Array, Array]:
+    """Prepends the soft prompt (submodule "prompt") when prompt tuning is on."""
+    return (
+        SoftPrompt(peft.prompt_length, name="prompt")(x, mask) if peft.prompt_length else (x, mask)
+    )

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax.models import layers
-from ftjax.models.base import Family, ModelOutput, TensorMap, dtype_of
+from ftjax.models.base import Family, ModelOutput, PeftConfig, TensorMap, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class T5Config:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     dtype: str = "float32"
+    peft: PeftConfig = PeftConfig()
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> T5Config:
@@ -165,10 +166,11 @@ class T5Layer(nn.Module):
     is_decoder: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, bias, context, context_mask, deterministic: bool):
+    def __call__(self, x, mask, bias, context, context_mask, prefix, deterministic: bool):
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_factor * cfg.hidden_size**-0.5)
         dropout = nn.Dropout(cfg.dropout)
+        self_prefix, cross_prefix = prefix
 
         def attention(name: str) -> layers.Attention:
             return layers.Attention(
@@ -179,24 +181,34 @@ class T5Layer(nn.Module):
                 dropout_rate=cfg.dropout,
                 dtype=dtype,
                 kernel_init=init,
+                peft=cfg.peft,
                 name=name,
             )
 
         def norm(name: str) -> layers.RMSNorm:
             return layers.RMSNorm(cfg.layer_norm_eps, dtype, name=name)
 
+        def residual(x, h, adapter: str | None = None):
+            h = dropout(h, deterministic=deterministic)
+            return x + (layers.adapt(cfg.peft, h, adapter, dtype) if adapter else h)
+
         h = attention("attention")(
-            norm("attention_norm")(x), mask, bias=bias, deterministic=deterministic
+            norm("attention_norm")(x),
+            mask,
+            bias=bias,
+            prefix=self_prefix,
+            deterministic=deterministic,
         )
-        x = x + dropout(h, deterministic=deterministic)
+        x = residual(x, h, "attention_adapter")
         if self.is_decoder:
             h = attention("cross_attention")(
                 norm("cross_attention_norm")(x),
                 context_mask,
                 context=context,
+                prefix=cross_prefix,
                 deterministic=deterministic,
             )
-            x = x + dropout(h, deterministic=deterministic)
+            x = residual(x, h)
         h = layers.FeedForward(
             cfg.intermediate_size,
             cfg.hidden_act,
@@ -205,19 +217,23 @@ class T5Layer(nn.Module):
             dropout_rate=cfg.dropout,
             dtype=dtype,
             kernel_init=init,
+            peft=cfg.peft,
             name="mlp",
         )(norm("mlp_norm")(x), deterministic=deterministic)
-        return x + dropout(h, deterministic=deterministic)
+        return residual(x, h, "mlp_adapter")
 
 
 class T5Stack(nn.Module):
-    """Encoder (bidirectional) or decoder (causal + cross-attention) stack."""
+    """Encoder (bidirectional) or decoder (causal + cross-attention) stack.
+
+    `prefix` holds one (self, cross) pair of prefixes per layer (entries may be None).
+    """
 
     config: T5Config
     is_decoder: bool
 
     @nn.compact
-    def __call__(self, x, attention_mask, context, context_mask, deterministic: bool):
+    def __call__(self, x, attention_mask, context, context_mask, prefix, deterministic: bool):
         cfg = self.config
         length = x.shape[1]
         mask = layers.padding_mask(None, attention_mask)
@@ -233,7 +249,7 @@ class T5Stack(nn.Module):
         depth = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         for i in range(depth):
             x = T5Layer(cfg, self.is_decoder, name=f"layer_{i}")(
-                x, mask, bias, context, context_mask, deterministic
+                x, mask, bias, context, context_mask, prefix[i], deterministic
             )
             states.append(x)
         x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
@@ -270,11 +286,38 @@ class T5Model(nn.Module):
                 dtype=dtype_of(cfg.dtype),
                 kernel_init=nn.initializers.normal(cfg.initializer_factor),
             )
+        peft = cfg.peft
+        if peft.prompt_length:  # encoder side only (Lester et al.)
+            self.prompt = layers.SoftPrompt(peft.prompt_length)
+        if peft.prefix_length:  # encoder self, decoder self and decoder cross attention
+            sites = cfg.num_layers + 2 * cfg.num_decoder_layers
+            self.prefix = layers.PrefixEncoder(
+                peft, sites, cfg.num_heads, cfg.head_dim, cfg.hidden_size
+            )
 
-    def encode(self, input_ids, attention_mask=None, *, deterministic=True) -> list[jax.Array]:
+    def _prefixes(self, decoder: bool) -> list[tuple]:
+        cfg = self.config
+        enc, dec = cfg.num_layers, cfg.num_decoder_layers
+        if not cfg.peft.prefix_length:
+            return [(None, None)] * (dec if decoder else enc)
+        p = self.prefix()
+        if decoder:
+            return [(p[enc + i], p[enc + dec + i]) for i in range(dec)]
+        return [(p[i], None) for i in range(enc)]
+
+    def encode(
+        self, input_ids, attention_mask=None, *, deterministic=True
+    ) -> tuple[list[jax.Array], jax.Array]:
+        """Encoder states (prompt positions included) and the matching attention mask."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        return self.encoder(self.shared(input_ids), attention_mask, None, None, deterministic)
+        x = self.shared(input_ids)
+        if self.config.peft.prompt_length:
+            x, attention_mask = self.prompt(x, attention_mask)
+        states = self.encoder(
+            x, attention_mask, None, None, self._prefixes(decoder=False), deterministic
+        )
+        return states, attention_mask
 
     def decode(
         self,
@@ -285,6 +328,7 @@ class T5Model(nn.Module):
         *,
         deterministic=True,
     ) -> tuple[list, jax.Array]:
+        """Decoder states and LM logits; `attention_mask` is the one `encode` returned."""
         if decoder_attention_mask is None:
             decoder_attention_mask = jnp.ones_like(decoder_input_ids)
         states = self.decoder(
@@ -292,6 +336,7 @@ class T5Model(nn.Module):
             decoder_attention_mask,
             encoder_states,
             attention_mask,
+            self._prefixes(decoder=True),
             deterministic,
         )
         out = states[-1]
@@ -311,22 +356,24 @@ class T5Model(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        encoder_states = self.encode(input_ids, attention_mask, deterministic=deterministic)
+        encoder_states, encoder_mask = self.encode(
+            input_ids, attention_mask, deterministic=deterministic
+        )
         encoded = encoder_states[-1]
+        # Outputs align with the inputs: the prompt's positions are dropped.
+        visible = [s[:, self.config.peft.prompt_length :] for s in encoder_states]
         if decoder_input_ids is None:
             if self.is_initializing():  # create the decoder's params too
-                self.decode(input_ids[:, :1], encoded, attention_mask)
+                self.decode(input_ids[:, :1], encoded, encoder_mask)
             return ModelOutput(
-                last_hidden_state=encoded,
-                hidden_states=tuple(encoder_states) if output_hidden_states else None,
-                encoder_last_hidden_state=encoded,
+                last_hidden_state=visible[-1],
+                hidden_states=tuple(visible) if output_hidden_states else None,
+                encoder_last_hidden_state=visible[-1],
             )
         states, logits = self.decode(
             decoder_input_ids,
             encoded,
-            attention_mask,
+            encoder_mask,
             decoder_attention_mask,
             deterministic=deterministic,
         )
@@ -334,8 +381,8 @@ class T5Model(nn.Module):
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,
             logits=logits,
-            encoder_last_hidden_state=encoded,
-            encoder_hidden_states=tuple(encoder_states) if output_hidden_states else None,
+            encoder_last_hidden_state=visible[-1],
+            encoder_hidden_states=tuple(visible) if output_hidden_states else None,
         )
 
 
