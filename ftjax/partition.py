@@ -6,7 +6,8 @@ vocabulary: configs, trainable masks, sharding rules and checkpoints all speak i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,3 +59,38 @@ def param_table(params: Params, trainable: Mapping[str, bool] | None = None, dep
         f"{100 * total_trainable / total:>9.3f}%"
     )
     return "\n".join(lines)
+
+
+class PatternError(ValueError):
+    """A trainable-parameter pattern that matches nothing (almost always a typo)."""
+
+
+def trainable_mask(params: Params, patterns: Sequence[str]) -> dict[str, bool]:
+    """{path: True if some pattern fully matches the path}; every pattern must match."""
+    paths = list(flatten(params))
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise PatternError(f"trainable pattern {pattern!r} is not a regex: {err}") from err
+    for pattern, regex in zip(patterns, compiled, strict=True):
+        if not any(regex.fullmatch(path) for path in paths):
+            raise PatternError(
+                f"trainable pattern {pattern!r} matches no parameter; parameter paths look "
+                f"like: {', '.join(paths[:3])}, ... ({len(paths)} in all)"
+            )
+    return {path: any(regex.fullmatch(path) for regex in compiled) for path in paths}
+
+
+def split(params: Params, mask: Mapping[str, bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainable, frozen) as flat {path: leaf} dicts: pytrees that jit, grad and optax take."""
+    flat = flatten(params)
+    trainable = {path: leaf for path, leaf in flat.items() if mask[path]}
+    frozen = {path: leaf for path, leaf in flat.items() if not mask[path]}
+    return trainable, frozen
+
+
+def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested params a model applies, from the two halves `split` made."""
+    return unflatten({**frozen, **trainable})

@@ -93,6 +93,11 @@ class Family:
     # Settles config fields that only the checkpoint's tensors reveal (does it carry a
     # pooler? an untied LM head?): (config, {hf_name: array}) -> config.
     fit_to_checkpoint: Callable[[Any, dict[str, Any]], Any] = lambda config, tensors: config
+    # What methods need to know about the family's parameter paths:
+    stacks: Callable[[Any], list[tuple[str, int]]] = lambda config: []  # (path, depth)
+    word_embeddings: str = ""  # path of the token embedding table
+    embeddings_pattern: str = ""  # every embedding parameter
+    lora_targets: str = ""  # default LoRA targets: attention query and value
 
 
 def dtype_of(name: str) -> Any:

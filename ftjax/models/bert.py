@@ -259,4 +259,8 @@ FAMILY = Family(
     tensor_maps=tensor_maps,
     hf_prefixes=("", "bert.", "roberta."),
     fit_to_checkpoint=fit_to_checkpoint,
+    stacks=lambda cfg: [("encoder", cfg.num_layers)],
+    word_embeddings="embeddings/word_embeddings/embedding",
+    embeddings_pattern="embeddings/.*",
+    lora_targets=r"encoder/layer_\d+/attention/(query|value)",
 )

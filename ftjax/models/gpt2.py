@@ -228,4 +228,8 @@ FAMILY = Family(
     tensor_maps=tensor_maps,
     hf_prefixes=("", "transformer."),
     save_prefix="transformer.",
+    stacks=lambda cfg: [("decoder", cfg.num_layers)],
+    word_embeddings="word_embeddings/embedding",
+    embeddings_pattern="(word|position)_embeddings/.*",
+    lora_targets=r"decoder/layer_\d+/attention/(query|value)",
 )

@@ -199,11 +199,10 @@ def params_from_tensors(
     family = family_of(model)
     maps = {m.path: m for m in family.tensor_maps(model.config)}
     expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model, family)), sep="/")
-    loaded, new = {}, []
+    loaded = {}
     for path, shape in expected.items():
         if path not in maps:
-            new.append(path)
-            continue
+            continue  # new by design: complete_params fills it in
         m = maps[path]
         if m.hf_name not in tensors:
             raise CheckpointError(
@@ -232,15 +231,25 @@ def params_from_tensors(
             type(model).__name__,
             _summarise(unused),
         )
-    if new:
-        log.info(
-            "initialised at random (new by design, not in the checkpoint): %s", _summarise(new)
-        )
-        fresh = traverse_util.flatten_dict(init_params(model, rng), sep="/")
-        loaded.update({path: fresh[path] for path in new})
-    return traverse_util.unflatten_dict(
+    params = traverse_util.unflatten_dict(
         {k: jax.numpy.asarray(v) for k, v in loaded.items()}, sep="/"
     )
+    return complete_params(model, params, rng)
+
+
+def complete_params(model: nn.Module, params: Params, rng: int | jax.Array = 0) -> Params:
+    """`params` plus random values for every parameter of `model` they lack (a task head,
+    method parameters), listed in a log line: nothing is initialised silently."""
+    expected = traverse_util.flatten_dict(
+        nn.unbox(abstract_params(model, family_of(model))), sep="/"
+    )
+    have = traverse_util.flatten_dict(dict(params), sep="/")
+    new = [path for path in expected if path not in have]
+    if not new:
+        return params
+    log.info("initialised at random (new by design, not in the checkpoint): %s", _summarise(new))
+    fresh = traverse_util.flatten_dict(init_params(model, rng), sep="/")
+    return traverse_util.unflatten_dict({**have, **{p: fresh[p] for p in new}}, sep="/")
 
 
 def _summarise(names: list[str], limit: int = 12) -> str:

@@ -450,4 +450,8 @@ FAMILY = Family(
     tensor_maps=tensor_maps,
     dummy_inputs=_dummy_inputs,
     fit_to_checkpoint=fit_to_checkpoint,
+    stacks=lambda cfg: [("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)],
+    word_embeddings="shared/embedding",
+    embeddings_pattern="shared/.*",
+    lora_targets=r"(encoder|decoder)/layer_\d+/(attention|cross_attention)/(query|value)",
 )
