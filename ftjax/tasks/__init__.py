@@ -1,0 +1,1 @@
+"""Tasks: what a backbone's outputs become (features, head, loss, predictions, metrics)."""

@@ -1,0 +1,73 @@
+"""The method-agnostic train step: gradients for the trainable params only.
+
+The trainer never asks which fine-tuning method runs. It gets a boolean mask over
+parameter paths (from `ftjax.partition.trainable_mask`), keeps the params as two flat
+pytrees, differentiates the loss with respect to the trainable one only (so XLA computes
+no weight gradient for frozen params, which `optax.set_to_zero` would still pay for),
+and gives the optimizer only the trainable leaves (so its state holds nothing else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+from flax import struct
+
+from ftjax import partition
+
+# (params, batch, rng) -> (loss, aux); rng None means evaluation (no dropout).
+LossFn = Callable[[dict, dict, Any], tuple[jax.Array, dict]]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: dict[str, jax.Array]  # flat {path: leaf}
+    frozen: dict[str, jax.Array]  # flat {path: leaf}
+    opt_state: Any
+
+    @property
+    def params(self) -> dict:
+        return partition.merge(self.trainable, self.frozen)
+
+
+def create_state(
+    params: dict, mask: Mapping[str, bool], tx: optax.GradientTransformation
+) -> TrainState:
+    trainable, frozen = partition.split(params, mask)
+    return TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32),
+        trainable=trainable,
+        frozen=frozen,
+        opt_state=tx.init(trainable),
+    )
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
+    """(state, batch, rng) -> (state, metrics); jit it (with shardings) at the call site."""
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        def loss_of_trainable(trainable):
+            return loss_fn(partition.merge(trainable, state.frozen), batch, rng)
+
+        (loss, _), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        new_state = state.replace(
+            step=state.step + 1,
+            trainable=optax.apply_updates(state.trainable, updates),
+            opt_state=opt_state,
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return train_step
+
+
+def make_eval_step(loss_fn: LossFn):
+    def eval_step(state: TrainState, batch: dict):
+        loss, aux = loss_fn(partition.merge(state.trainable, state.frozen), batch, None)
+        return {"loss": loss, **aux}
+
+    return eval_step
