@@ -263,13 +263,21 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
 
 
 def trainable_mask(method: Method, params: dict) -> dict[str, bool]:
-    """The method's patterns, plus the task head when there is one and it trains."""
-    patterns = list(method.trainable)
-    if method.train_head and "head" in params:
-        patterns.append(HEAD_PATTERN)
-    if not patterns:
+    """The method's patterns over the backbone, plus the task head if it trains.
+
+    Method patterns must each match a backbone parameter (BitFit's `.*/bias` on T5,
+    which has no biases, is an error even though the head has one).
+    """
+    backbone = {k: v for k, v in params.items() if k != "head"}
+    if method.trainable:
+        mask = partition.trainable_mask(backbone, method.trainable)
+    else:
+        mask = dict.fromkeys(partition.flatten(backbone), False)
+    head = partition.flatten({"head": params["head"]}) if "head" in params else {}
+    mask.update(dict.fromkeys(head, method.train_head))
+    if not any(mask.values()):
         raise MethodError(f"method {method.name} trains nothing (no patterns and no head)")
-    return partition.trainable_mask(params, patterns)
+    return mask
 
 
 # --------------------------------------------------------------------------- LoRA, prefix

@@ -248,8 +248,19 @@ def complete_params(model: nn.Module, params: Params, rng: int | jax.Array = 0) 
     if not new:
         return params
     log.info("initialised at random (new by design, not in the checkpoint): %s", _summarise(new))
-    fresh = traverse_util.flatten_dict(init_params(model, rng), sep="/")
-    return traverse_util.unflatten_dict({**have, **{p: fresh[p] for p in new}}, sep="/")
+    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    dummy = family_of(model).dummy_inputs(model.config)
+
+    # Applying with a mutable "params" collection creates only the missing params, so
+    # XLA compiles no random-number code for the (many, large) pretrained ones.
+    @jax.jit
+    def fill(params, key):
+        _, variables = model.apply(
+            {"params": params}, **dummy, mutable=["params"], rngs={"params": key}
+        )
+        return nn.unbox(variables["params"])
+
+    return fill(params, rng)
 
 
 def _summarise(names: list[str], limit: int = 12) -> str:

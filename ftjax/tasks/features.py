@@ -68,6 +68,10 @@ def select_layers(output: ModelOutput, spec: FeatureSpec) -> jax.Array:
         return states[index]
     if spec.layers == "mean_all":
         return jnp.mean(jnp.stack(states[1:]), axis=0)
+    if len(states) < 5:
+        raise ValueError(
+            f"features.layers={spec.layers!r} needs 4 layers; this model has {len(states) - 1}"
+        )
     last4 = states[-4:]
     if spec.layers == "mean_last4":
         return jnp.mean(jnp.stack(last4), axis=0)
