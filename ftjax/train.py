@@ -46,14 +46,43 @@ def create_state(
     )
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
-    """(state, batch, rng) -> (state, metrics); jit it (with shardings) at the call site."""
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accumulate: int = 1):
+    """(state, batch, rng) -> (state, metrics); jit it (with shardings) at the call site.
+
+    With `accumulate > 1` every batch array has a leading micro-batch axis; gradients of
+    the micro-batches are summed in a scan, each weighted by its number of real examples
+    (`aux["weight"]`), so the update equals that of one big batch.
+    """
+
+    def grads_of(trainable, frozen, batch, rng):
+        def loss_of_trainable(t):
+            return loss_fn(partition.merge(t, frozen), batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
+        return loss, aux["weight"], grads
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        def loss_of_trainable(trainable):
-            return loss_fn(partition.merge(trainable, state.frozen), batch, rng)
+        if accumulate == 1:
+            loss, _, grads = grads_of(state.trainable, state.frozen, batch, rng)
+        else:
 
-        (loss, _), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(state.trainable)
+            def micro(carry, inputs):
+                loss_sum, weight_sum, grad_sum = carry
+                index, micro_batch = inputs
+                loss, weight, grads = grads_of(
+                    state.trainable, state.frozen, micro_batch, jax.random.fold_in(rng, index)
+                )
+                grad_sum = jax.tree.map(lambda a, g: a + weight * g, grad_sum, grads)
+                return (loss_sum + weight * loss, weight_sum + weight, grad_sum), None
+
+            zeros = jax.tree.map(jax.numpy.zeros_like, state.trainable)
+            init = (0.0, 0.0, zeros)
+            (loss_sum, weight_sum, grad_sum), _ = jax.lax.scan(
+                micro, init, (jax.numpy.arange(accumulate), batch)
+            )
+            weight_sum = jax.numpy.maximum(weight_sum, 1.0)
+            loss = loss_sum / weight_sum
+            grads = jax.tree.map(lambda g: g / weight_sum, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         new_state = state.replace(
             step=state.step + 1,

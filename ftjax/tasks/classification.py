@@ -91,7 +91,7 @@ class Classifier:
         weights = batch["example_mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
         loss = (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
-        return loss, {"logits": logits}
+        return loss, {"logits": logits, "weight": weights.sum()}
 
     def predict(self, params: dict, batch: Batch) -> jax.Array:
         return jnp.argmax(self.logits(params, batch), axis=-1)

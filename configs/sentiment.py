@@ -1,0 +1,14 @@
+"""Binary sentiment of movie-review sentences (the bundled `sentiment` asset).
+
+    python -m ftjax.main --config configs/sentiment.py:model=minilm,method=lora --workdir runs/x
+
+Arguments: model= (asset, folder or hub id; default minilm), method= (see
+ftjax.methods; default lora), dtype= (bfloat16 default, or float32). Every field can be
+overridden from the shell, e.g. --config.method.rank=16 --config.train.epochs=3.
+"""
+
+from ftjax.config import base_config
+
+
+def get_config(arg=None):
+    return base_config(arg, data="sentiment", num_labels=2)

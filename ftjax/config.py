@@ -1,0 +1,167 @@
+"""Experiment configs: the defaults every `configs/*.py` starts from, and their checks.
+
+A config file's `get_config(arg)` takes "key=value,..." (e.g. "model=minilm,method=lora")
+and returns a locked `ml_collections.ConfigDict`, so a misspelt field given on the shell
+(`--config.method.rnak=16`) is an error naming it. `validate` checks what a config can
+only get wrong in combination (before anything compiles).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import ml_collections
+
+from ftjax import methods
+
+# Learning rates that work for each method on MiniLM-sized models (experiments/RESULTS.md).
+METHOD_LEARNING_RATES = {
+    "probe": 1e-2,
+    "full": 1e-4,
+    "top_k": 2e-4,
+    "layernorm": 5e-3,
+    "bitfit": 5e-3,
+    "selective": 1e-3,
+    "lora": 1e-3,
+    "adapter": 1e-3,
+    "prefix": 1e-2,
+    "prompt": 3e-2,
+}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """ "model=minilm,method=lora" -> {"model": "minilm", "method": "lora"}."""
+    out = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def method_config(name: str) -> ml_collections.ConfigDict:
+    """The method's name and every option with its default (from ftjax.methods)."""
+    if name not in methods.METHODS:
+        raise ValueError(f"method={name!r}; known: {', '.join(methods.METHODS)}")
+    options: dict[str, Any] = {"name": name}
+    for param in list(inspect.signature(methods.METHODS[name]).parameters.values())[2:]:
+        default = param.default
+        options[param.name] = "" if default is None else default
+    options.update(extra_trainable=(), train_embeddings=False, train_head=True)
+    return ml_collections.ConfigDict(options)
+
+
+def method_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The options to pass to `methods.resolve` ("" meaning the family default)."""
+    options = {k: v for k, v in cfg.items() if k != "name"}
+    return {k: (None if v == "" and k == "targets" else v) for k, v in options.items()}
+
+
+def base_config(
+    arg: str | None,
+    *,
+    data: str,
+    num_labels: int,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> ml_collections.ConfigDict:
+    args = parse_arg(arg)
+    unknown = set(args) - {"model", "method", "dtype"}
+    if unknown:
+        raise ValueError(f"config argument(s) {sorted(unknown)}: use model=, method=, dtype=")
+    method = args.get("method", "lora")
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        {"name": args.get("model", "minilm"), "dtype": args.get("dtype", "bfloat16")}
+    )
+    c.method = method_config(method)
+    c.task = ml_collections.ConfigDict({"pooling": "mean", "layers": "last", "head_dropout": 0.1})
+    c.data = ml_collections.ConfigDict(
+        {
+            "name": data,
+            "text_column": text_column,
+            "label_column": label_column,
+            "num_labels": num_labels,
+            "max_length": 64,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "bucket_step": 16,
+            "train_split": "train",
+            "eval_split": "validation",
+            "test_split": "test",
+        }
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": METHOD_LEARNING_RATES[method],
+            "weight_decay": 0.01,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "momentum": 0.9,
+            "schedule": "linear",
+            "warmup_ratio": 0.06,
+            "warmup_steps": 0,
+            "grad_clip": 1.0,
+            "grad_accum": 1,
+        }
+    )
+    c.train = ml_collections.ConfigDict(
+        {
+            "epochs": 2,
+            "seed": 0,
+            "log_every": 50,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "keep": 2,
+            "best_metric": "accuracy",
+            "peak_flops": 0.0,
+            "max_steps": 0,
+            "prng_impl": "threefry2x32",
+        }
+    )
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.lock()
+    return c
+
+
+class ConfigError(ValueError):
+    """A config that cannot work; the message names the field."""
+
+
+def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None:
+    """Checks that need several fields at once; runs before anything compiles."""
+    d, o, t = config.data, config.optimizer, config.train
+    for field, value in (
+        ("data.batch_size", d.batch_size),
+        ("data.max_length", d.max_length),
+        ("optimizer.grad_accum", o.grad_accum),
+        ("train.epochs", t.epochs),
+        ("data.num_labels", d.num_labels),
+    ):
+        if value < 1:
+            raise ConfigError(f"config.{field}={value} must be >= 1")
+    if d.batch_size % o.grad_accum:
+        raise ConfigError(
+            f"config.data.batch_size={d.batch_size} is not divisible by "
+            f"config.optimizer.grad_accum={o.grad_accum}"
+        )
+    micro = d.batch_size // o.grad_accum
+    for field, size in (
+        ("data.batch_size / optimizer.grad_accum", micro),
+        ("data.eval_batch_size", d.eval_batch_size),
+    ):
+        if size % mesh_batch_divisor:
+            raise ConfigError(
+                f"config.{field}={size} is not divisible by the mesh's batch axes "
+                f"(data x fsdp = {mesh_batch_divisor})"
+            )
+    if o.learning_rate <= 0:
+        raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
+    if t.best_metric not in ("accuracy", "loss"):
+        raise ConfigError(f"config.train.best_metric={t.best_metric!r}: accuracy or loss")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r}: float32 or bfloat16")

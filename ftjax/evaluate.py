@@ -1,0 +1,66 @@
+"""Evaluate a trained workdir on its test split or on another dataset of the same task.
+
+    python -m ftjax.evaluate --workdir runs/x [--data FILE_OR_NAME] [--step latest|best|N]
+
+`--data` takes a dataset asset name, a local directory or file (jsonl/csv/parquet with
+the config's text and label columns) or a hub id; its `test` split is used when it has
+one, otherwise its only split. Prints the metrics and writes them to
+WORKDIR/eval[_NAME].json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags
+
+WORKDIR = flags.DEFINE_string("workdir", None, "a workdir written by ftjax.main", required=True)
+DATA = flags.DEFINE_string("data", None, "dataset to evaluate on (default: the run's test split)")
+STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step number")
+
+
+def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
+    from ftjax import checkpoints, runner
+
+    workdir = Path(workdir)
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    exp = runner.build(config, data_override=data)
+    state, shardings = runner.initial_state(exp)
+    mngr = checkpoints.manager(workdir / "checkpoints", config.train.keep, config.train.best_metric)
+    chosen = {"latest": mngr.latest_step(), "best": mngr.best_step()}.get(step)
+    chosen = int(step) if chosen is None and step.isdigit() else chosen
+    if chosen is None:
+        raise SystemExit(f"{workdir}: no checkpoint for --step={step}")
+    state, meta = checkpoints.restore(mngr, state, chosen)
+    if meta["frozen_hash"] != exp.frozen_hash:
+        raise checkpoints.ResumeError(f"{workdir}: the frozen params differ from training's")
+    metrics = runner.Steps(exp, shardings).evaluate(state, "test")
+    result = {
+        "workdir": str(workdir),
+        "step": chosen,
+        "data": data or config.data.name,
+        "test": metrics,
+    }
+    name = "eval.json" if data is None else f"eval_{Path(data).stem}.json"
+    (workdir / name).write_text(json.dumps(result, indent=2) + "\n")
+    mngr.close()
+    return result
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.WARNING)
+    result = evaluate(WORKDIR.value, DATA.value, STEP.value)
+    metrics = " ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["test"].items()
+    )
+    print(f"test {metrics} (step {result['step']}, data {result['data']})")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)
