@@ -74,7 +74,11 @@ def base_config(
     method = args.get("method", "lora")
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(
-        {"name": args.get("model", "minilm"), "dtype": args.get("dtype", "bfloat16")}
+        {
+            "name": args.get("model", "minilm"),
+            "dtype": args.get("dtype", "bfloat16"),
+            "dropout": -1.0,  # >= 0 overrides every dropout rate of the checkpoint's config
+        }
     )
     c.method = method_config(method)
     c.task = ml_collections.ConfigDict({"pooling": "mean", "layers": "last", "head_dropout": 0.1})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 
 WORKDIR = flags.DEFINE_string("workdir", None, "a workdir written by ftjax.main", required=True)
 DATA = flags.DEFINE_string("data", None, "dataset to evaluate on (default: the run's test split)")
@@ -53,6 +54,7 @@ def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest")
 
 def main(argv: list[str]) -> None:
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.basicConfig(level=logging.WARNING)
     result = evaluate(WORKDIR.value, DATA.value, STEP.value)
     metrics = " ".join(

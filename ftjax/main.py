@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sentiment.py")
@@ -27,6 +28,7 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
 def main(argv: list[str]) -> None:
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ftjax").setLevel(logging.INFO)
     import jax
