@@ -304,12 +304,11 @@ def initial_state(exp: Experiment) -> tuple[TrainState, TrainState]:
 
 
 def batch_shardings(exp: Experiment, example: dict, accumulate: int) -> dict:
-    lead = (None,) if accumulate > 1 else ()
+    lead = (None,) if accumulate > 1 else ()  # the micro-batch axis
+    rest = lambda v: [None] * (np.ndim(v) - 1 - len(lead))  # noqa: E731
+    spec = jax.sharding.PartitionSpec
     return {
-        k: jax.sharding.NamedSharding(
-            exp.mesh,
-            jax.sharding.PartitionSpec(*lead, sharding.BATCH_AXES, *([None] * (np.ndim(v) - 1))),
-        )
+        k: jax.sharding.NamedSharding(exp.mesh, spec(*lead, sharding.BATCH_AXES, *rest(v)))
         for k, v in example.items()
     }
 

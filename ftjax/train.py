@@ -89,7 +89,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accumulat
             trainable=optax.apply_updates(state.trainable, updates),
             opt_state=opt_state,
         )
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 

@@ -1,0 +1,207 @@
+"""The trainer end to end on a tiny model and a small slice of the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ftjax import checkpoints, runner
+from ftjax.config import ConfigError
+from ftjax.evaluate import evaluate
+from ftjax.methods import MethodError
+from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    return make_checkpoint(base / "model"), make_dataset(base / "data")
+
+
+def config_for(tiny, method="lora", **train):
+    # rbg: fast to compile here, and these tests compare runs of one layout only.
+    return tiny_config(*tiny, method, prng_impl="rbg", **train)
+
+
+def train_losses(workdir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def test_sharded_meshes_match_one_device(tiny):
+    """data=8 and data=2,fsdp=2,tensor=2 give one device's losses; params shard by the rules."""
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
+    )
+    for method in ("full", "lora"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.helpers.sharded_losses",
+                str(tiny[0]),
+                str(tiny[1]),
+                method,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        one = np.array(result["1"]["losses"])
+        for mesh in ("data8", "2x2x2"):
+            np.testing.assert_allclose(result[mesh]["losses"], one, rtol=1e-5, err_msg=mesh)
+        specs = result["2x2x2"]["specs"]
+        assert specs["encoder/layer_0/attention/query/kernel"] == "PartitionSpec('fsdp', 'tensor')"
+        assert specs["encoder/layer_0/mlp/output/kernel"] == "PartitionSpec('tensor', 'fsdp')"
+        assert specs["embeddings/word_embeddings/embedding"] == "PartitionSpec('tensor', 'fsdp')"
+        assert specs["embeddings/layer_norm/scale"] == "PartitionSpec(None,)"
+        if method == "lora":
+            assert specs["encoder/layer_1/attention/value/lora_a"] == "PartitionSpec('fsdp', None)"
+
+
+def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
+    config = config_for(tiny, epochs=2, checkpoint_every=1)
+    straight = runner.run(config, tmp_path / "straight")
+    expected = train_losses(tmp_path / "straight")
+    assert len(expected) == 16
+
+    workdir = tmp_path / "interrupted"
+
+    def send_sigterm_after_three_steps():
+        while not (workdir / "metrics.jsonl").exists() or len(train_losses(workdir)) < 3:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=send_sigterm_after_three_steps)
+    killer.start()
+    first = runner.run(config, workdir)
+    killer.join()
+    assert first["stopped"] and 3 <= first["step"] < 16
+    mngr = checkpoints.manager(workdir / "checkpoints", 2, "accuracy")
+    assert mngr.latest_step() == first["step"]  # a restorable checkpoint of the last step
+    mngr.close()
+    resumed = runner.run(config, workdir)
+    got = train_losses(workdir)
+    assert sorted(got) == sorted(expected)
+    for step, loss in expected.items():
+        assert abs(got[step] - loss) <= 1e-6 * abs(loss), step
+    assert resumed["test"] == straight["test"]
+
+    again = evaluate(workdir)  # ftjax.evaluate reproduces the printed test metric
+    assert again["test"] == straight["test"]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    config = config_for(tiny, method="full", checkpoint_every=1)
+    config.optimizer.update(learning_rate=1e25, grad_clip=0.0, warmup_ratio=0.0)
+    with pytest.raises(runner.TrainingDiverged, match="loss is (nan|inf)"):
+        runner.run(config, tmp_path / "w")
+    mngr = checkpoints.manager(tmp_path / "w" / "checkpoints", 2, "accuracy")
+    last_good = mngr.latest_step()
+    assert last_good is not None
+    exp = runner.build(config)
+    state, _ = runner.initial_state(exp)
+    state, _ = checkpoints.restore(mngr, state)
+    assert int(state.step) == last_good
+    assert all(np.isfinite(np.asarray(v)).all() for v in state.trainable.values())
+    mngr.close()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny):
+    def first_losses(accum):
+        config = config_for(tiny, "full")
+        config.model.dropout = 0.0
+        config.task.head_dropout = 0.0
+        config.optimizer.grad_accum = accum
+        exp = runner.build(config)
+        state, shardings = runner.initial_state(exp)
+        steps = runner.Steps(exp, shardings)
+        losses = []
+        for i, batch in enumerate(exp.source.train_batches(0, 0)):
+            if i == 3:
+                return losses
+            state, metrics = steps.train(state, batch, jax.random.PRNGKey(i))
+            losses.append(float(metrics["loss"]))
+
+    np.testing.assert_allclose(first_losses(2), first_losses(1), rtol=2e-5)
+
+
+def test_config_errors_name_the_field(tiny):
+    def build_with(**changes):
+        config = config_for(tiny)
+        for dotted, value in changes.items():
+            section, field = dotted.split("__")
+            setattr(config[section], field, value)
+        return runner.build(config)
+
+    with pytest.raises(ConfigError, match="config.model.dtype='float16'"):
+        build_with(model__dtype="float16")
+    with pytest.raises(MethodError, match="rank=64 exceeds"):
+        build_with(method__rank=64)
+    with pytest.raises(ConfigError, match="grad_accum=3"):
+        build_with(optimizer__grad_accum=3)
+
+
+def test_feature_the_model_lacks_is_a_config_error(tiny, tmp_path):
+    """BERT's pooler as the feature, on a checkpoint saved without a pooler."""
+    from safetensors.numpy import load_file, save_file
+
+    model_dir = tmp_path / "no_pooler"
+    shutil.copytree(tiny[0], model_dir)
+    tensors = load_file(model_dir / "model.safetensors")
+    save_file(
+        {k: v for k, v in tensors.items() if "pooler" not in k},
+        model_dir / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    config = tiny_config(model_dir, tiny[1], prng_impl="rbg")
+    config.task.pooling = "pooler"
+    with pytest.raises(ConfigError, match="config.task.pooling='pooler'.*has no pooler"):
+        runner.build(config)
+
+
+def test_batch_not_divisible_by_the_data_axis():
+    config = tiny_config(Path("unused"), Path("unused"))
+    from ftjax.config import validate
+
+    config.data.batch_size = 12
+    with pytest.raises(ConfigError, match=r"batch_size.*=12 is not divisible.*data x fsdp = 8"):
+        validate(config, mesh_batch_divisor=8)
+
+
+def test_misspelt_field_from_the_shell_is_named():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftjax.main",
+            "--config",
+            "configs/sentiment.py",
+            "--config.method.rnak=16",
+            "--workdir",
+            "/tmp/never-used",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "rnak" in proc.stderr
