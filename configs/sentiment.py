@@ -3,7 +3,7 @@
     python -m ftjax.main --config configs/sentiment.py:model=minilm,method=lora --workdir runs/x
 
 Arguments: model= (asset, folder or hub id; default minilm), method= (see
-ftjax.methods; default lora), dtype= (bfloat16 default, or float32). Every field can be
+ftjax.methods; default lora), dtype= (float32 default, or bfloat16). Every field can be
 overridden from the shell, e.g. --config.method.rank=16 --config.train.epochs=3.
 """
 

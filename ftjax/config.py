@@ -76,7 +76,7 @@ def base_config(
     c.model = ml_collections.ConfigDict(
         {
             "name": args.get("model", "minilm"),
-            "dtype": args.get("dtype", "bfloat16"),
+            "dtype": args.get("dtype", "float32"),  # bf16 is slower on CPU here (RESULTS.md)
             "dropout": -1.0,  # >= 0 overrides every dropout rate of the checkpoint's config
         }
     )

@@ -12,7 +12,9 @@ import dataclasses
 import json
 import logging
 import math
+import resource
 import signal
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -459,6 +461,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     eval_every = cfg.eval_every or per_epoch
     checkpoint_every = cfg.checkpoint_every or eval_every
     step = int(state.step)
+    step_times: list[float] = []
     try:
         while step < exp.total_steps:
             for index, batch in enumerate(exp.source.train_batches(epoch, start), start):
@@ -466,6 +469,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
                 state, metrics = steps.train(state, batch, jax.random.fold_in(base_rng, step))
                 loss = float(metrics["loss"])  # also waits for the step to finish
                 seconds = time.perf_counter() - tic
+                step_times.append(seconds)
                 step += 1
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -511,6 +515,9 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
         "test": test,
         "method": exp.method.name,
         "model": exp.config.model.name,
+        "trainable": exp.table,
+        "median_step_seconds": statistics.median(step_times) if step_times else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if jax.process_index() == 0:
         (mngr.directory.parent / "results.json").write_text(json.dumps(summary, indent=2))

@@ -1,28 +1,57 @@
-"""README's main command on the bundled defaults, end to end, offline."""
+"""README's main command, end to end through the shell, on a tiny model and data slice."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ftjax.partition import count, param_table
+from tests.helpers.tiny import make_checkpoint, make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_main_encodes_real_sentences_offline():
+def test_cli_trains_tests_and_evaluates(tmp_path):
+    model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    workdir = tmp_path / "run"
+    overrides = [
+        f"--config.model.name={model}",
+        f"--config.data.name={data}",
+        "--config.data.batch_size=16",
+        "--config.train.epochs=1",
+        "--config.method.rank=4",
+        "--config.train.prng_impl=rbg",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "ftjax.main", "--num_sentences", "3"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-m", "ftjax.main", "--config", "configs/sentiment.py:method=lora",
+         "--workdir", str(workdir), *overrides],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    total = next(line.split() for line in out.splitlines() if line.startswith("total "))
-    assert total == ["total", "22,713,216", "22,713,216", "100.000%"]
-    assert "last_hidden_state  (3, " in out and ", 384) float32" in out
-    assert "hidden_states      7 x (3, " in out
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lora " in proc.stdout and "% total" in proc.stdout  # the trainable table
+    final = next(line for line in proc.stdout.splitlines() if line.startswith("final test"))
+    results = json.loads((workdir / "results.json").read_text())
+    assert f"accuracy {results['test']['accuracy']:.4f}" in final
+    assert results["test"]["examples"] == 32
+    assert (workdir / "config.json").is_file() and any((workdir / "tensorboard").iterdir())
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["method"]["rank"] == 4
+
+    other = tmp_path / "other.csv"  # another dataset of the same task, as a csv file
+    other.write_text('text,label\n"a wonderful, moving film",1\n"dull and far too long",0\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftjax.evaluate", "--workdir", str(workdir), "--data", str(other)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "examples 2" in proc.stdout
+    assert json.loads((workdir / "eval_other.json").read_text())["test"]["examples"] == 2
 
 
 def test_param_table_counts_by_group():

@@ -31,8 +31,10 @@ def losses(model_dir, data_dir, method, mesh_name, steps=3):
             break
         state, metrics = train.train(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))
         out.append(float(metrics["loss"]))
-    specs = {p: list(a.sharding.spec) + [None] * (a.ndim - len(a.sharding.spec))
-             for p, a in {**state.trainable, **state.frozen}.items()}
+    specs = {
+        p: list(a.sharding.spec) + [None] * (a.ndim - len(a.sharding.spec))
+        for p, a in {**state.trainable, **state.frozen}.items()
+    }
     return {"losses": out, "specs": specs}
 
 
