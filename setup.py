@@ -23,6 +23,6 @@ setup(
     ],
     extras_require={
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.
-        "test": ["pytest", "torch==2.13.0", "ruff"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "ruff"],
     },
 )

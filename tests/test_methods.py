@@ -438,3 +438,14 @@ def test_probe_features_depend_on_the_layer_choice():
     shallow, shallow_params = base("bert")
     with pytest.raises(ValueError, match="needs 4 layers; this model has 2"):
         Classifier(shallow, 3, FeatureSpec(layers="mean_last4")).features(shallow_params, b)
+
+
+def test_methods_table_lists_every_method():
+    model, params = base("gpt2")
+    table = methods.table(model, params, num_labels=3)
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
+    assert list(rows) == list(methods.METHODS)
+    head = 3 * H + 3
+    assert rows["probe"][0] == f"{head:,}"
+    lora_rank8 = 8 * (H + H) * 2 * LAYERS  # default rank 8 on query and value
+    assert rows["lora"][0] == f"{head + lora_rank8:,}"
