@@ -148,15 +148,7 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
-        cfg = self.config
-        prefix = layers.prefixes(
-            cfg.peft, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.hidden_size
-        )
-        states = [x]
-        for i in range(cfg.num_layers):
-            x = BertLayer(cfg, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
-            states.append(x)
-        return states
+        return layers.layer_stack(BertLayer, self.config, x, mask, deterministic)
 
 
 class BertModel(nn.Module):

@@ -130,13 +130,8 @@ class GPT2Decoder(nn.Module):
     @nn.compact
     def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
         cfg = self.config
-        prefix = layers.prefixes(
-            cfg.peft, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.hidden_size
-        )
-        states = [x]
-        for i in range(cfg.num_layers):
-            x = GPT2Block(cfg, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
-            states.append(x)
+        states = layers.layer_stack(GPT2Block, cfg, x, mask, deterministic)
+        x = states[-1]
         states[-1] = layers.LayerNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
         return states
 

@@ -376,6 +376,21 @@ def prefixes(peft: PeftConfig, sites: int, num_heads: int, head_dim: int, embed_
     return list(PrefixEncoder(peft, sites, num_heads, head_dim, embed_dim, name="prefix")())
 
 
+def layer_stack(
+    layer: type[nn.Module], config: Any, x: Array, mask: Array, deterministic: bool
+) -> list[Array]:
+    """Runs `config.num_layers` layers named layer_i (each with its prefix, if any) inside
+    the calling module; returns the input and every layer's output."""
+    prefix = prefixes(
+        config.peft, config.num_layers, config.num_heads, config.head_dim, config.hidden_size
+    )
+    states = [x]
+    for i in range(config.num_layers):
+        x = layer(config, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
+        states.append(x)
+    return states
+
+
 class SoftPrompt(nn.Module):
     """Lester et al. (2021): P trainable vectors placed before the input embeddings.
 
