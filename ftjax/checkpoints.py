@@ -48,8 +48,14 @@ def manager(directory: str | Path, keep: int, best_metric: str) -> ocp.Checkpoin
             ),
         ]
     )
+    # best_fn as well: it makes orbax persist each checkpoint's metrics (so the best one
+    # survives a restart) and answer best_step().
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, create=True, enable_async_checkpointing=True
+        preservation_policy=policy,
+        create=True,
+        enable_async_checkpointing=True,
+        best_fn=lambda metrics: metrics[best_metric],
+        best_mode="max" if higher_is_better else "min",
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
