@@ -239,3 +239,16 @@ def test_two_processes_match_one(tiny):
     one = json.loads(alone.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     assert two["accuracy"] == one["accuracy"]
+
+
+def test_resume_refuses_a_changed_backbone(tiny, tmp_path):
+    """Checkpoints hold only what trains; the reloaded frozen backbone must hash the same."""
+    from ftjax.models import BertModel, from_pretrained, init_params, save_pretrained
+
+    model_dir = shutil.copytree(tiny[0], tmp_path / "model")
+    config = tiny_config(model_dir, tiny[1], "lora", prng_impl="rbg", max_steps=2)
+    runner.run(config, tmp_path / "w")
+    model, _ = from_pretrained(model_dir)
+    save_pretrained(BertModel(model.config), init_params(model, 1), model_dir)  # new weights
+    with pytest.raises(checkpoints.ResumeError, match="frozen params differ"):
+        runner.run(config, tmp_path / "w")
