@@ -19,6 +19,7 @@ setup(
         "datasets>=5.2,<5.3",
         "transformers>=5.23,<5.24",
         "safetensors",
+        "tensorboardX",  # TensorBoard event files without TensorFlow
         "numpy",
     ],
     extras_require={
