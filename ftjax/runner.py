@@ -305,16 +305,6 @@ def initial_state(exp: Experiment) -> tuple[TrainState, TrainState]:
 # ----------------------------------------------------------------------------- steps
 
 
-def batch_shardings(exp: Experiment, example: dict, accumulate: int) -> dict:
-    lead = (None,) if accumulate > 1 else ()  # the micro-batch axis
-    rest = lambda v: [None] * (np.ndim(v) - 1 - len(lead))  # noqa: E731
-    spec = jax.sharding.PartitionSpec
-    return {
-        k: jax.sharding.NamedSharding(exp.mesh, spec(*lead, sharding.BATCH_AXES, *rest(v)))
-        for k, v in example.items()
-    }
-
-
 def local_rows(batch: dict, accumulate: int) -> dict:
     """This process's share of a global batch, split into micro-batches if accumulating."""
     count, index = jax.process_count(), jax.process_index()
@@ -327,9 +317,7 @@ def local_rows(batch: dict, accumulate: int) -> dict:
 
 
 def to_global(exp: Experiment, batch: dict, accumulate: int = 1) -> dict:
-    local = local_rows(batch, accumulate)
-    specs = batch_shardings(exp, local, accumulate)
-    return {k: jax.make_array_from_process_local_data(specs[k], v) for k, v in local.items()}
+    return sharding.global_batch(local_rows(batch, accumulate), exp.mesh, accumulate > 1)
 
 
 class Steps:

@@ -88,21 +88,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (example) axis over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int, micro_batches: bool = False) -> NamedSharding:
+    """Example axis over data x fsdp (after the micro-batch axis, when accumulating
+    gradients), the rest replicated."""
+    lead = (None,) if micro_batches else ()
+    return NamedSharding(mesh, PartitionSpec(*lead, BATCH_AXES, *([None] * (ndim - 1 - len(lead)))))
 
 
 def batch_divisor(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(
+    local: Mapping[str, np.ndarray], mesh: Mesh, micro_batches: bool = False
+) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the batch axes.
 
     On one host `local` is the whole batch; on several, each passes its own slice.
     """
     return {
-        key: jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+        key: jax.make_array_from_process_local_data(
+            batch_sharding(mesh, value.ndim, micro_batches), value
+        )
         for key, value in local.items()
     }
