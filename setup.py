@@ -21,9 +21,20 @@ setup(
         "safetensors",
         "tensorboardX",  # TensorBoard event files without TensorFlow
         "numpy",
+        "scipy",  # Pearson / Spearman for regression
+        "rouge-score==0.1.2",  # ROUGE-L for generation tasks (Google's reference package)
+
     ],
     extras_require={
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "ruff"],
+        # seqeval and scikit-learn are the references the metric tests compare against.
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "torch==2.13.0",
+            "ruff",
+            "seqeval==1.2.2",
+            "scikit-learn",
+        ],
     },
 )

@@ -98,6 +98,11 @@ class Family:
     word_embeddings: str = ""  # path of the token embedding table
     embeddings_pattern: str = ""  # every embedding parameter
     lora_targets: str = ""  # default LoRA targets: attention query and value
+    # What tasks need to know: is it a causal decoder (GPT-style: pool the last token)?
+    causal: bool = False
+    # Parameters that encoder features (token states of the first stack) never reach,
+    # e.g. T5's decoder and LM head: tasks that read only those states leave them frozen.
+    unused_by_encoder_features: tuple[str, ...] = ()
 
 
 def dtype_of(name: str) -> Any:

@@ -255,4 +255,5 @@ FAMILY = Family(
     word_embeddings="embeddings/word_embeddings/embedding",
     embeddings_pattern="embeddings/.*",
     lora_targets=r"encoder/layer_\d+/attention/(query|value)",
+    unused_by_encoder_features=("pooler/.*",),
 )

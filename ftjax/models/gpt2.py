@@ -227,4 +227,5 @@ FAMILY = Family(
     word_embeddings="word_embeddings/embedding",
     embeddings_pattern="(word|position)_embeddings/.*",
     lora_targets=r"decoder/layer_\d+/attention/(query|value)",
+    causal=True,
 )

@@ -454,4 +454,5 @@ FAMILY = Family(
     word_embeddings="shared/embedding",
     embeddings_pattern="shared/.*",
     lora_targets=r"(encoder|decoder)/layer_\d+/(attention|cross_attention)/(query|value)",
+    unused_by_encoder_features=("decoder/.*", "lm_head/.*"),
 )
