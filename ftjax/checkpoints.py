@@ -35,8 +35,9 @@ def frozen_hash(frozen: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def manager(directory: str | Path, keep: int, best_metric: str) -> ocp.CheckpointManager:
-    higher_is_better = best_metric != "loss"
+def manager(
+    directory: str | Path, keep: int, best_metric: str, higher_is_better: bool = True
+) -> ocp.CheckpointManager:
     policy = policies.AnyPreservationPolicy(
         [
             policies.LatestN(n=keep),

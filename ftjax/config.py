@@ -53,6 +53,15 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(options)
 
 
+def best_metric(config: ml_collections.ConfigDict) -> tuple[str, bool]:
+    """(metric that picks the best checkpoint, whether higher is better)."""
+    from ftjax import tasks
+
+    task = tasks.task_class(config.task.name)
+    name = config.train.best_metric or task.metrics[0]
+    return name, name not in task.lower_is_better
+
+
 def method_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The options to pass to `methods.resolve` ("" meaning the family default)."""
     options = {k: v for k, v in cfg.items() if k != "name"}
@@ -60,17 +69,18 @@ def method_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def base_config(
-    arg: str | None,
-    *,
-    data: str,
-    num_labels: int,
-    text_column: str = "text",
-    label_column: str = "label",
+    arg: str | None, *, data: str, task: str = "classification", **data_fields: Any
 ) -> ml_collections.ConfigDict:
+    """The defaults every config file starts from: `task` picks the task kind (its
+    `config.task` fields and data columns come from the task class), `data` the dataset,
+    and `data_fields` override data defaults (e.g. num_labels=5)."""
+    from ftjax import tasks
+
     args = parse_arg(arg)
     unknown = set(args) - {"model", "method", "dtype"}
     if unknown:
         raise ValueError(f"config argument(s) {sorted(unknown)}: use model=, method=, dtype=")
+    task_cls = tasks.task_class(task)
     method = args.get("method", "lora")
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(
@@ -81,22 +91,23 @@ def base_config(
         }
     )
     c.method = method_config(method)
-    c.task = ml_collections.ConfigDict({"pooling": "mean", "layers": "last", "head_dropout": 0.1})
-    c.data = ml_collections.ConfigDict(
-        {
-            "name": data,
-            "text_column": text_column,
-            "label_column": label_column,
-            "num_labels": num_labels,
-            "max_length": 64,
-            "batch_size": 32,
-            "eval_batch_size": 64,
-            "bucket_step": 16,
-            "train_split": "train",
-            "eval_split": "validation",
-            "test_split": "test",
-        }
-    )
+    c.task = ml_collections.ConfigDict({"name": task, **task_cls.task_defaults})
+    data_config = {
+        "name": data,
+        **task_cls.data_defaults,
+        "max_length": 64,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "bucket_step": 16,
+        "train_split": "train",
+        "eval_split": "validation",
+        "test_split": "test",
+        "on_bad_row": "error",  # or "drop": bad rows dropped and counted per reason
+    }
+    unknown = set(data_fields) - set(data_config)
+    if unknown:
+        raise ValueError(f"task {task}: unknown data field(s) {sorted(unknown)}")
+    c.data = ml_collections.ConfigDict({**data_config, **data_fields})
     c.optimizer = ml_collections.ConfigDict(
         {
             "name": "adamw",
@@ -121,7 +132,7 @@ def base_config(
             "eval_every": 0,
             "checkpoint_every": 0,
             "keep": 2,
-            "best_metric": "accuracy",
+            "best_metric": "",  # any metric the task reports; "" = the task's first
             "peak_flops": 0.0,
             "max_steps": 0,
             "prng_impl": "threefry2x32",
@@ -138,13 +149,14 @@ class ConfigError(ValueError):
 
 def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None:
     """Checks that need several fields at once; runs before anything compiles."""
+    from ftjax import tasks
+
     d, o, t = config.data, config.optimizer, config.train
     for field, value in (
         ("data.batch_size", d.batch_size),
         ("data.max_length", d.max_length),
         ("optimizer.grad_accum", o.grad_accum),
         ("train.epochs", t.epochs),
-        ("data.num_labels", d.num_labels),
     ):
         if value < 1:
             raise ConfigError(f"config.{field}={value} must be >= 1")
@@ -165,7 +177,15 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
             )
     if o.learning_rate <= 0:
         raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
-    if t.best_metric not in ("accuracy", "loss"):
-        raise ConfigError(f"config.train.best_metric={t.best_metric!r}: accuracy or loss")
+    if "num_labels" in d and d.num_labels < 1:
+        raise ConfigError(f"config.data.num_labels={d.num_labels} must be >= 1")
+    task = tasks.task_class(config.task.name)
+    if t.best_metric and t.best_metric not in (*task.metrics, "loss"):
+        raise ConfigError(
+            f"config.train.best_metric={t.best_metric!r}: task {task.name} reports "
+            f"{', '.join((*task.metrics, 'loss'))}"
+        )
+    if d.on_bad_row not in ("error", "drop"):
+        raise ConfigError(f"config.data.on_bad_row={d.on_bad_row!r}: error or drop")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}: float32 or bfloat16")

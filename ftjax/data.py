@@ -56,6 +56,21 @@ def load_splits(name_or_path: str) -> datasets.DatasetDict:
     return datasets.DatasetDict({"train": _load_file(path, "train")})
 
 
+def dataset_info(name_or_path: str) -> dict:
+    """The `info.json` beside a dataset asset's or local folder's splits (label names,
+    columns), or {} where there is none (files, hub ids)."""
+    import json
+
+    name_or_path = os.path.expanduser(name_or_path)
+    if os.path.isdir(name_or_path):
+        path = Path(name_or_path) / "info.json"
+    elif name_or_path in assets.asset_names("dataset"):
+        path = assets.fetch(name_or_path) / "info.json"
+    else:
+        return {}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _load_dir(path: Path) -> datasets.DatasetDict:
     if (path / "dataset_dict.json").is_file():
         return datasets.load_from_disk(str(path))

@@ -25,21 +25,22 @@ STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step
 
 
 def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
-    from ftjax import checkpoints, runner
+    from ftjax import checkpoints, experiment, loop, state, steps
+    from ftjax.loop import to_plain
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    exp = runner.build(config, data_override=data)
-    state, shardings = runner.initial_state(exp)
-    mngr = checkpoints.manager(workdir / "checkpoints", config.train.keep, config.train.best_metric)
+    exp = experiment.build(config, data_override=data)
+    initial, shardings = state.initial_state(exp)
+    mngr = loop.checkpoint_manager(config, workdir)
     chosen = {"latest": mngr.latest_step(), "best": mngr.best_step()}.get(step)
     chosen = int(step) if chosen is None and step.isdigit() else chosen
     if chosen is None:
         raise SystemExit(f"{workdir}: no checkpoint for --step={step}")
-    state, meta = checkpoints.restore(mngr, state, chosen)
+    restored, meta = checkpoints.restore(mngr, initial, chosen)
     if meta["frozen_hash"] != exp.frozen_hash:
         raise checkpoints.ResumeError(f"{workdir}: the frozen params differ from training's")
-    metrics = runner.Steps(exp, shardings).evaluate(state, "test")
+    metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
     result = {
         "workdir": str(workdir),
         "step": chosen,
@@ -47,7 +48,7 @@ def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest")
         "test": metrics,
     }
     name = "eval.json" if data is None else f"eval_{Path(data).stem}.json"
-    (workdir / name).write_text(json.dumps(result, indent=2) + "\n")
+    (workdir / name).write_text(json.dumps(result, indent=2, default=to_plain) + "\n")
     mngr.close()
     return result
 
@@ -57,10 +58,9 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.basicConfig(level=logging.WARNING)
     result = evaluate(WORKDIR.value, DATA.value, STEP.value)
-    metrics = " ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["test"].items()
-    )
-    print(f"test {metrics} (step {result['step']}, data {result['data']})")
+    from ftjax.loop import format_metrics
+
+    print(f"test {format_metrics(result['test'])} (step {result['step']}, data {result['data']})")
     sys.stdout.flush()
 
 

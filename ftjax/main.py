@@ -35,17 +35,21 @@ def main(argv: list[str]) -> None:
 
     if COORDINATOR.value:
         jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
-    from ftjax import runner
+    from ftjax import loop
     from ftjax.config import ConfigError
     from ftjax.methods import MethodError
     from ftjax.partition import PatternError
+    from ftjax.tasks import DataRowError, TaskError
 
     try:
-        runner.run(CONFIG.value, WORKDIR.value)
-    except (ConfigError, MethodError, PatternError) as err:
+        loop.run(CONFIG.value, WORKDIR.value)
+    except (ConfigError, MethodError, PatternError, TaskError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    except runner.TrainingDiverged as err:
+    except DataRowError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except loop.TrainingDiverged as err:
         print(f"training diverged: {err}", file=sys.stderr)
         sys.exit(1)
 

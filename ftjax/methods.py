@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -262,8 +262,11 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
     return partition.unflatten(flat)
 
 
-def trainable_mask(method: Method, params: dict) -> dict[str, bool]:
-    """The method's patterns over the backbone, plus the task head if it trains.
+def trainable_mask(
+    method: Method, params: dict, unreached: Collection[str] = ()
+) -> dict[str, bool]:
+    """The method's patterns over the backbone, minus `unreached` (paths the task's loss
+    never reaches: no gradient, so nothing to train), plus the task head if it trains.
 
     Method patterns must each match a backbone parameter (BitFit's `.*/bias` on T5,
     which has no biases, is an error even though the head has one).
@@ -273,6 +276,13 @@ def trainable_mask(method: Method, params: dict) -> dict[str, bool]:
         mask = partition.trainable_mask(backbone, method.trainable)
     else:
         mask = dict.fromkeys(partition.flatten(backbone), False)
+    chosen = any(mask.values())
+    mask = {path: on and path not in unreached for path, on in mask.items()}
+    if chosen and not any(mask.values()):
+        raise MethodError(
+            f"method {method.name}: every parameter it trains is one the task's loss never "
+            f"reaches ({', '.join(sorted(unreached)[:3])}, ...)"
+        )
     head = partition.flatten({"head": params["head"]}) if "head" in params else {}
     mask.update(dict.fromkeys(head, method.train_head))
     if not any(mask.values()):
@@ -357,16 +367,25 @@ def kind_of(path: str) -> str:
     return "weight"
 
 
-def method_row(method: Method, params: dict, mask: Mapping[str, bool]) -> str:
+def method_row(
+    method: Method, params: dict, mask: Mapping[str, bool], unreached: Collection[str] = ()
+) -> str:
+    """One line: what trains, its share of all params, per kind; and the share of
+    params the task never reaches (frozen whatever the method says)."""
     flat = partition.flatten(params)
-    total = sum(int(np.prod(np.shape(v))) for v in flat.values())
+    sizes = {path: int(np.prod(np.shape(leaf))) for path, leaf in flat.items()}
+    total = sum(sizes.values())
     by_kind: dict[str, int] = {}
-    for path, leaf in flat.items():
+    for path, size in sizes.items():
         if mask[path]:
-            by_kind[kind_of(path)] = by_kind.get(kind_of(path), 0) + int(np.prod(np.shape(leaf)))
+            by_kind[kind_of(path)] = by_kind.get(kind_of(path), 0) + size
     trainable = sum(by_kind.values())
     groups = ", ".join(f"{k} {v:,}" for k, v in sorted(by_kind.items()))
-    return f"{method.name:<10} {trainable:>12,} {100 * trainable / total:>9.3f}%  {groups}"
+    row = f"{method.name:<10} {trainable:>12,} {100 * trainable / total:>9.3f}%  {groups}"
+    if unreached:
+        share = sum(sizes[p] for p in unreached) / total
+        row += f"; unreached by the task (frozen): {100 * share:.1f}%"
+    return row
 
 
 def table(
@@ -376,7 +395,7 @@ def table(
     options: Mapping[str, Mapping] | None = None,
 ) -> str:
     """One row per method for this model with a classification head."""
-    from ftjax.tasks.classification import Classifier
+    from ftjax.tasks.classification import Head
 
     options = options or {}
     lines = [f"{'method':<10} {'trainable':>12} {'% total':>10}  per group"]
@@ -384,10 +403,9 @@ def table(
         opts = options.get(name, {"patterns": [BIAS_PATTERN]} if name == "selective" else {})
         method = resolve(name, model, opts)
         new_model, new_params = apply(method, model, params)
-        new_params = {
-            **new_params,
-            **Classifier(new_model, num_labels).init_head(jax.random.PRNGKey(0)),
-        }
+        features = jnp.zeros((1, new_model.config.hidden_size))
+        head = Head(num_labels).init(jax.random.PRNGKey(0), features)["params"]
+        new_params = {**new_params, "head": nn.unbox(head)}
         lines.append(method_row(method, new_params, trainable_mask(method, new_params)))
     return "\n".join(lines)
 

@@ -17,21 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax.tasks.classification import HEAD, Classifier
+from ftjax.tasks.base import HEAD
+from ftjax.tasks.classification import PooledTask
 
 
-def extract_features(
-    task: Classifier, params: dict, batches: Iterable[dict]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features [n, width], labels [n]) of the real rows of `batches`, backbone run once."""
+def extract_features(task: PooledTask, params: dict, batches: Iterable[dict]) -> np.ndarray:
+    """Pooled features [n, width] of the real rows of `batches`, the backbone run once."""
     run = jax.jit(lambda p, b: task.features(p, b))
-    feats, labels = [], []
+    feats = []
     for batch in batches:
         real = np.asarray(batch["example_mask"]) > 0
-        model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        feats.append(np.asarray(run(params, model_inputs))[real])
-        labels.append(np.asarray(batch["labels"])[real])
-    return np.concatenate(feats), np.concatenate(labels)
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_mask")}
+        feats.append(np.asarray(run(params, inputs))[real])
+    return np.concatenate(feats)
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):

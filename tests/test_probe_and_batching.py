@@ -5,24 +5,28 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
-import pytest
 
 from ftjax import batching, probe
-from ftjax.tasks.classification import Classifier
-from ftjax.tasks.features import FeatureSpec
-from tests.test_methods import base, batch
+from ftjax.tasks import standalone
+from tests.test_methods import H, base, batch, classifier
 
 
 def test_cached_features_equal_features_in_the_loop():
+    """Batches with padding rows (example_mask 0): cached features are the real rows'."""
     model, params = base("bert")
-    task = Classifier(model, 3, FeatureSpec(pooling="mean"))
+    task = classifier(model, "mean")
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}
     batches = [batch(i) for i in range(3)]
-    feats, labels = probe.extract_features(task, params, batches)
-    in_loop = np.concatenate([np.asarray(jax.jit(task.features)(params, b)) for b in batches])
+    batches[1]["example_mask"] = np.array([1, 1, 0, 0], np.float32)  # two padding rows
+    feats = probe.extract_features(task, params, batches)
+    assert feats.shape == (10, H)
+    in_loop = [np.asarray(jax.jit(task.features)(params, b)) for b in batches]
+    in_loop = np.concatenate(
+        [f[b["example_mask"] > 0] for f, b in zip(in_loop, batches, strict=True)]
+    )
     np.testing.assert_allclose(feats, in_loop, atol=1e-6)
     b = batches[0]
-    cached = {"features": feats[:4], "labels": labels[:4], "example_mask": b["example_mask"]}
+    cached = {"features": feats[:4], "labels": b["labels"], "example_mask": b["example_mask"]}
     loss_cached = jax.jit(task.loss)(params, cached)[0]
     loss_loop = jax.jit(task.loss)(params, b)[0]
     np.testing.assert_allclose(float(loss_cached), float(loss_loop), rtol=1e-6)
@@ -67,34 +71,74 @@ def test_logistic_head_reaches_the_optimum():
     assert (head_predict(head, x) == y).mean() > 0.95
 
 
-def encoded(lengths):
-    return batching.Encoded(
-        [np.arange(1, n + 1, dtype=np.int32) for n in lengths], np.arange(len(lengths)) % 2
-    )
+def encoded(lengths, targets=None):
+    """Example i's tokens are all i + 1 (unique rows), its label is i; with `targets`, a
+    target group of those lengths holding -(i + 1)."""
+    n = len(lengths)
+    arrays = {
+        "input_ids": [np.full(k, i + 1, np.int32) for i, k in enumerate(lengths)],
+        "labels": np.arange(n, dtype=np.int32),
+    }
+    layout = {"input_ids": batching.Seq("source", 0)}
+    if targets is not None:
+        arrays["decoder_input_ids"] = [
+            np.full(k, -(i + 1), np.int32) for i, k in enumerate(targets)
+        ]
+        layout["decoder_input_ids"] = batching.Seq("target", 0)
+    return batching.Examples(arrays, layout, np.arange(n))
 
 
 def test_batches_are_fixed_size_bucketed_and_cover_every_row_once():
     rng = np.random.default_rng(0)
-    data = encoded(rng.integers(3, 64, 203))
+    lengths = rng.integers(3, 64, 203)
+    data = encoded(lengths)
     seen = []
-    for b in batching.batches(data, 32, 64, pad_id=0, seed=3, epoch=1):
+    for b, index in batching.batches(data, 32, {"source": 64}, seed=3, epoch=1):
         assert b["input_ids"].shape[0] == 32 and b["input_ids"].shape[1] in (16, 32, 48, 64)
-        lengths = b["attention_mask"].sum(1)
+        n = b["attention_mask"].sum(1)
         real = b["example_mask"] > 0
-        assert b["input_ids"].shape[1] - 16 < lengths[real].max() <= b["input_ids"].shape[1]
-        assert (lengths[~real] == 0).all()
-        seen += [tuple(row[:n]) for row, n in zip(b["input_ids"][real], lengths[real], strict=True)]
-    assert len(seen) == 203
-    assert sorted(len(s) for s in seen) == sorted(len(x) for x in data.ids)
+        assert real.sum() == len(index) and real[: len(index)].all()
+        assert b["input_ids"].shape[1] - 16 < n[real].max() <= b["input_ids"].shape[1]
+        assert (n[~real] == 0).all()
+        for row in np.flatnonzero(real):
+            example = b["input_ids"][row, 0] - 1
+            assert example == index[row] and b["labels"][row] == example
+            assert n[row] == lengths[example]
+            assert (b["input_ids"][row, : n[row]] == example + 1).all()
+            assert (b["input_ids"][row, n[row] :] == 0).all()
+            seen.append(int(example))
+    assert sorted(seen) == list(range(203))
+
+
+def test_source_and_target_are_bucketed_separately_and_prompts_pad_left():
+    rng = np.random.default_rng(2)
+    source, target = rng.integers(20, 64, 40), rng.integers(1, 9, 40)
+    data = encoded(source, target)
+    limits = {"source": 64, "target": 16}
+    for b, index in batching.batches(data, 8, limits, bucket_step=8, shuffle=False):
+        assert b["decoder_input_ids"].shape[1] == 8  # targets never longer than 8
+        assert b["input_ids"].shape[1] >= 24
+        for row, example in enumerate(index):
+            assert b["decoder_attention_mask"][row].sum() == target[example]
+            assert (b["decoder_input_ids"][row, : target[example]] == -(example + 1)).all()
+    left = batching.Examples(
+        {"prompt": [np.array([5, 6, 7]), np.array([8])]},
+        {"prompt": batching.Seq("prompt", pad=0, left=True)},
+        np.arange(2),
+    )
+    ((b, _),) = batching.batches(left, 2, {"prompt": 4}, bucket_step=4, shuffle=False)
+    np.testing.assert_array_equal(b["prompt"], [[0, 5, 6, 7], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(b["prompt_mask"], [[0, 1, 1, 1], [0, 0, 0, 1]])
 
 
 def test_epoch_order_is_seeded_and_resumable():
     data = encoded(np.random.default_rng(1).integers(3, 64, 150))
-    full = list(batching.batches(data, 16, 64, 0, seed=5, epoch=2))
-    tail = list(batching.batches(data, 16, 64, 0, seed=5, epoch=2, start=4))
+    limits = {"source": 64}
+    full = [b for b, _ in batching.batches(data, 16, limits, seed=5, epoch=2)]
+    tail = [b for b, _ in batching.batches(data, 16, limits, seed=5, epoch=2, start=4)]
     for a, b in zip(full[4:], tail, strict=True):
         np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
-    other = list(batching.batches(data, 16, 64, 0, seed=5, epoch=3))
+    other = [b for b, _ in batching.batches(data, 16, limits, seed=5, epoch=3)]
     assert any(
         a["input_ids"].shape != b["input_ids"].shape
         or not np.array_equal(a["input_ids"], b["input_ids"])
@@ -104,20 +148,11 @@ def test_epoch_order_is_seeded_and_resumable():
 
 def test_padding_report_on_the_real_data():
     from ftjax.data import load_splits
-    from ftjax.models import load_tokenizer
+    from ftjax.models import from_pretrained, load_tokenizer
 
-    rows = load_splits("sentiment")["train"]
-    data = batching.encode(rows, load_tokenizer("minilm"), 64, num_labels=2)
+    model, _ = from_pretrained("minilm")
+    task = standalone("classification", model, load_tokenizer("minilm"))
+    data = task.encode(load_splits("sentiment")["train"], "train")
     report = batching.padding_report(data, 32, 64)
     assert 25 < report["mean_real_length"] < 29
     assert report["mean_bucketed_length"] < 0.75 * report["mean_random_batch_length"]
-
-
-def test_label_outside_the_label_set_names_the_row():
-    import datasets
-
-    rows = datasets.Dataset.from_dict({"text": ["good", "bad", "odd"], "label": [1, 0, 2]})
-    with pytest.raises(batching.LabelError, match="row 2: label=2 is outside the label set 0..1"):
-        batching.encode(
-            rows, lambda texts, **kw: {"input_ids": [[1]] * len(texts)}, 8, num_labels=2
-        )

@@ -16,7 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, runner
+from ftjax import checkpoints, loop
+from ftjax.experiment import build
+from ftjax.state import initial_state
+from ftjax.steps import Steps
 from ftjax.config import ConfigError
 from ftjax.evaluate import evaluate
 from ftjax.methods import MethodError
@@ -79,7 +82,7 @@ def test_sharded_meshes_match_one_device(tiny):
 
 def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
     config = config_for(tiny, epochs=2, checkpoint_every=1)
-    straight = runner.run(config, tmp_path / "straight")
+    straight = loop.run(config, tmp_path / "straight")
     expected = train_losses(tmp_path / "straight")
     assert len(expected) == 16
 
@@ -92,13 +95,13 @@ def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
 
     killer = threading.Thread(target=send_sigterm_after_three_steps)
     killer.start()
-    first = runner.run(config, workdir)
+    first = loop.run(config, workdir)
     killer.join()
     assert first["stopped"] and 3 <= first["step"] < 16
     mngr = checkpoints.manager(workdir / "checkpoints", 2, "accuracy")
     assert mngr.latest_step() == first["step"]  # a restorable checkpoint of the last step
     mngr.close()
-    resumed = runner.run(config, workdir)
+    resumed = loop.run(config, workdir)
     got = train_losses(workdir)
     assert sorted(got) == sorted(expected)
     for step, loss in expected.items():
@@ -112,13 +115,13 @@ def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     config = config_for(tiny, method="full", checkpoint_every=1)
     config.optimizer.update(learning_rate=1e25, grad_clip=0.0, warmup_ratio=0.0)
-    with pytest.raises(runner.TrainingDiverged, match="loss is (nan|inf)"):
-        runner.run(config, tmp_path / "w")
+    with pytest.raises(loop.TrainingDiverged, match="loss is (nan|inf)"):
+        loop.run(config, tmp_path / "w")
     mngr = checkpoints.manager(tmp_path / "w" / "checkpoints", 2, "accuracy")
     last_good = mngr.latest_step()
     assert last_good is not None
-    exp = runner.build(config)
-    state, _ = runner.initial_state(exp)
+    exp = build(config)
+    state, _ = initial_state(exp)
     state, _ = checkpoints.restore(mngr, state)
     assert int(state.step) == last_good
     assert all(np.isfinite(np.asarray(v)).all() for v in state.trainable.values())
@@ -131,11 +134,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny):
         config.model.dropout = 0.0
         config.task.head_dropout = 0.0
         config.optimizer.grad_accum = accum
-        exp = runner.build(config)
-        state, shardings = runner.initial_state(exp)
-        steps = runner.Steps(exp, shardings)
+        exp = build(config)
+        state, shardings = initial_state(exp)
+        steps = Steps(exp, shardings)
         losses = []
-        for i, batch in enumerate(exp.source.train_batches(0, 0)):
+        for i, batch in enumerate(exp.loader.train_batches(0, 0)):
             if i == 3:
                 return losses
             state, metrics = steps.train(state, batch, jax.random.PRNGKey(i))
@@ -150,7 +153,7 @@ def test_config_errors_name_the_field(tiny):
         for dotted, value in changes.items():
             section, field = dotted.split("__")
             setattr(config[section], field, value)
-        return runner.build(config)
+        return build(config)
 
     with pytest.raises(ConfigError, match="config.model.dtype='float16'"):
         build_with(model__dtype="float16")
@@ -175,7 +178,7 @@ def test_feature_the_model_lacks_is_a_config_error(tiny, tmp_path):
     config = tiny_config(model_dir, tiny[1], prng_impl="rbg")
     config.task.pooling = "pooler"
     with pytest.raises(ConfigError, match="config.task.pooling='pooler'.*has no pooler"):
-        runner.build(config)
+        build(config)
 
 
 def test_batch_not_divisible_by_the_data_axis():
@@ -247,8 +250,8 @@ def test_resume_refuses_a_changed_backbone(tiny, tmp_path):
 
     model_dir = shutil.copytree(tiny[0], tmp_path / "model")
     config = tiny_config(model_dir, tiny[1], "lora", prng_impl="rbg", max_steps=2)
-    runner.run(config, tmp_path / "w")
+    loop.run(config, tmp_path / "w")
     model, _ = from_pretrained(model_dir)
     save_pretrained(BertModel(model.config), init_params(model, 1), model_dir)  # new weights
     with pytest.raises(checkpoints.ResumeError, match="frozen params differ"):
-        runner.run(config, tmp_path / "w")
+        loop.run(config, tmp_path / "w")

@@ -93,6 +93,24 @@ def pool(states: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
     raise ValueError(f"pooling {pooling!r} is not a token pooling")
 
 
+def unreached_by_features(family, config, spec: FeatureSpec) -> tuple[str, ...]:
+    """Backbone parameters that features chosen by `spec` never read: parameters past
+    the first stack (T5's decoder and LM head), BERT's pooler unless it is the feature,
+    and, for features of an inner layer, the layers above it and the final norm."""
+    patterns = [
+        p
+        for p in family.unused_by_encoder_features
+        if not (spec.pooling == "pooler" and p.startswith("pooler"))
+    ]
+    if _is_int(spec.layers):
+        stack, depth = family.stacks(config)[0]
+        index = int(spec.layers) % (depth + 1)  # hidden state i is the output of layer i-1
+        if index < depth:
+            above = "|".join(str(i) for i in range(index, depth))
+            patterns += [f"{stack}/layer_({above})/.*", f"{stack}/final_norm/.*"]
+    return tuple(patterns)
+
+
 def features(output: ModelOutput, mask: jax.Array, spec: FeatureSpec) -> jax.Array:
     if spec.pooling == "pooler":
         if output.pooled is None:

@@ -19,17 +19,19 @@ def main() -> None:
     if process_id >= 0:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
-    from ftjax import runner
+    from ftjax.experiment import build
+    from ftjax.state import initial_state
+    from ftjax.steps import Steps
     from tests.helpers.tiny import tiny_config
 
     config = tiny_config(Path(model_dir), Path(data_dir), "lora")
     config.mesh.update(data=-1, fsdp=1, tensor=1)
-    exp = runner.build(config)
+    exp = build(config)
     assert jax.device_count() == (2 if process_id >= 0 else 1)
-    state, shardings = runner.initial_state(exp)
-    steps = runner.Steps(exp, shardings)
+    state, shardings = initial_state(exp)
+    steps = Steps(exp, shardings)
     losses = []
-    for i, batch in enumerate(exp.source.train_batches(0, 0)):
+    for i, batch in enumerate(exp.loader.train_batches(0, 0)):
         if i == 3:
             break
         state, metrics = steps.train(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import jax
 
-from ftjax import runner
+from ftjax.experiment import build
+from ftjax.state import initial_state
+from ftjax.steps import Steps
 from tests.helpers.tiny import tiny_config
 
 MESHES = {"1": {"data": 1}, "data8": {"data": 8}, "2x2x2": {"data": 2, "fsdp": 2, "tensor": 2}}
@@ -22,11 +24,11 @@ def losses(model_dir, data_dir, method, mesh_name, steps=3):
     config.mesh.update(data=1, fsdp=1, tensor=1)
     config.mesh.update(**MESHES[mesh_name])
     devices = jax.devices()[: 1 if mesh_name == "1" else 8]
-    exp = runner.build(config, devices=devices)
-    state, shardings = runner.initial_state(exp)
-    train = runner.Steps(exp, shardings)
+    exp = build(config, devices=devices)
+    state, shardings = initial_state(exp)
+    train = Steps(exp, shardings)
     out = []
-    for i, batch in enumerate(exp.source.train_batches(0, 0)):
+    for i, batch in enumerate(exp.loader.train_batches(0, 0)):
         if i == steps:
             break
         state, metrics = train.train(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))

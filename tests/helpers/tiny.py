@@ -1,5 +1,9 @@
-"""A tiny BERT checkpoint (with MiniLM's real tokenizer) and a small slice of real data,
-so trainer tests run the real code path in seconds."""
+"""Tiny checkpoints of every family (with MiniLM's real WordPiece tokenizer) and small
+data, so trainer and task tests run the real code path in seconds.
+
+GPT-2 and T5 checkpoints borrow the BERT tokenizer: [PAD]=0 pads, [SEP]=102 is their
+end-of-sequence token and [CLS]=101 GPT-2's beginning; T5 starts decoding from [PAD].
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,16 @@ from pathlib import Path
 from ftjax import assets
 from ftjax.config import base_config
 from ftjax.data import load_splits
-from ftjax.models import BertConfig, BertModel, init_params, save_pretrained
+from ftjax.models import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    T5Config,
+    T5Model,
+    init_params,
+    save_pretrained,
+)
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -18,34 +31,75 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+PAD, CLS, SEP = 0, 101, 102
+WIDTH = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
 
 
-def make_checkpoint(directory: Path) -> Path:
-    model = BertModel(
-        BertConfig(
-            vocab_size=30522,
-            hidden_size=16,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=64,
+def tiny_model(family: str = "bert", **overrides):
+    if family == "bert":
+        return BertModel(
+            BertConfig(vocab_size=30522, max_position_embeddings=64, **{**WIDTH, **overrides})
         )
-    )
-    save_pretrained(model, init_params(model, 0), directory)
+    if family == "gpt2":
+        return GPT2Model(
+            GPT2Config(
+                vocab_size=30522,
+                max_position_embeddings=128,
+                bos_token_id=CLS,
+                eos_token_id=SEP,
+                **{**WIDTH, **overrides},
+            )
+        )
+    if family == "t5":
+        return T5Model(
+            T5Config(
+                vocab_size=30522,
+                hidden_size=16,
+                head_dim=8,
+                intermediate_size=32,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=2,
+                relative_buckets=8,
+                relative_max_distance=32,
+                pad_token_id=PAD,
+                eos_token_id=SEP,
+                decoder_start_token_id=PAD,
+                **overrides,
+            )
+        )
+    raise ValueError(family)
+
+
+def make_checkpoint(directory: Path, family: str = "bert", seed: int = 0, **overrides) -> Path:
+    model = tiny_model(family, **overrides)
+    save_pretrained(model, init_params(model, seed), directory)
     source = assets.fetch("minilm")
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, directory / name)
     return directory
 
 
-def make_dataset(directory: Path, sizes=(("train", 64), ("validation", 32), ("test", 32))):
+def write_splits(directory: Path, splits: dict[str, list[dict]]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    splits = load_splits("sentiment")
-    for split, n in sizes:
+    for split, rows in splits.items():
         with open(directory / f"{split}.jsonl", "w") as f:
-            for row in splits[split].select(range(n)):
-                f.write(json.dumps({"text": row["text"], "label": row["label"]}) + "\n")
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     return directory
+
+
+def make_dataset(directory: Path, sizes=(("train", 64), ("validation", 32), ("test", 32))):
+    splits = load_splits("sentiment")
+    return write_splits(
+        directory,
+        {
+            split: [
+                {"text": r["text"], "label": r["label"]} for r in splits[split].select(range(n))
+            ]
+            for split, n in sizes
+        },
+    )
 
 
 def tiny_config(model_dir: Path, data_dir: Path, method: str = "lora", **train):

@@ -1,0 +1,135 @@
+"""Everything a run needs, assembled from its config and checked before anything compiles.
+
+The data path is one straight line: config -> model + params (hub) -> task (what the
+backbone must provide) -> method (hooks + trainable patterns) -> task head -> trainable
+mask (the method's patterns within what the task's loss reaches) -> encoded splits ->
+loader -> optimizer. `ftjax.evaluate` rebuilds the same `Experiment` from a workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import jax
+import ml_collections
+import optax
+
+from ftjax import checkpoints, methods, partition, sharding, tasks
+from ftjax.config import ConfigError, method_options, validate
+from ftjax.data import dataset_info, load_splits
+from ftjax.loaders import FeatureLoader, TokenLoader
+from ftjax.models import from_pretrained, load_tokenizer
+from ftjax.optim import make_optimizer
+
+log = logging.getLogger("ftjax")
+DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "embedding_dropout", "dropout")
+ROLES = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    method: methods.Method
+    task: tasks.Task
+    params: dict  # host params: backbone + head
+    mask: dict[str, bool]  # trainable params
+    loader: TokenLoader | FeatureLoader
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    total_steps: int
+    frozen_hash: str
+    table: str
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loader.num_batches("train")
+
+    @property
+    def data_report(self) -> dict:
+        return {role: self.loader.examples(role).report for role in self.loader.roles}
+
+
+def build(
+    config: ml_collections.ConfigDict, data_override: str | None = None, devices=None
+) -> Experiment:
+    """The run `config` describes; `data_override` evaluates on another dataset's test split."""
+    jax.config.update("jax_default_prng_impl", config.train.prng_impl)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    validate(config, sharding.batch_divisor(mesh))
+    model, params = from_pretrained(config.model.name, dtype=config.model.dtype)
+    model = with_dropout(model, config.model.dropout)
+    tokenizer = load_tokenizer(config.model.name)
+    source = data_override or config.data.name
+    task = tasks.make(config, tokenizer, dataset_info(config.data.name))
+    model = task.prepare_model(model)
+    method = methods.resolve(config.method.name, model, method_options(config.method))
+    model, params = methods.apply(method, model, params, rng=config.train.seed, tokenizer=tokenizer)
+    task.attach(model)
+    params = {**params, **task.init_head(jax.random.PRNGKey(config.train.seed))}
+    unreached = unreached_params(task, params)
+    mask = methods.trainable_mask(method, params, unreached)
+    frozen = {p: v for p, v in partition.flatten(params).items() if not mask[p]}
+    table = methods.method_row(method, params, mask, unreached)
+
+    loader = make_loader(config, task, params, mask, source, data_override is not None)
+    per_epoch = loader.num_batches("train") if "train" in loader.roles else 0
+    total = config.train.max_steps or config.train.epochs * per_epoch
+    tx, lr = make_optimizer(config.optimizer, total)
+    frozen_hash = checkpoints.frozen_hash(frozen)
+    return Experiment(
+        config, mesh, method, task, params, mask, loader, tx, lr, total, frozen_hash, table
+    )
+
+
+def with_dropout(model, rate: float):
+    """One dropout rate for every dropout the family has (rate < 0: the checkpoint's)."""
+    if rate < 0:
+        return model
+    fields = {f.name for f in dataclasses.fields(model.config)} & set(DROPOUT_FIELDS)
+    return type(model)(dataclasses.replace(model.config, **dict.fromkeys(fields, rate)))
+
+
+def unreached_params(task: tasks.Task, params: dict) -> set[str]:
+    """Backbone parameter paths the task's loss never reaches."""
+    patterns = [re.compile(p) for p in task.unreached()]
+    return {
+        path
+        for path in partition.flatten(task.backbone_params(params))
+        if any(p.fullmatch(path) for p in patterns)
+    }
+
+
+def make_loader(config, task, params, mask, source: str, evaluation_only: bool):
+    d = config.data
+    splits = load_splits(source)
+    wanted = {"train": d.train_split, "validation": d.eval_split, "test": d.test_split}
+    if evaluation_only:  # another dataset of the same task: its test split, or its only one
+        wanted = {"test": d.test_split if d.test_split in splits else next(iter(splits))}
+    missing = [f"{role}={name!r}" for role, name in wanted.items() if name not in splits]
+    if missing:
+        raise ConfigError(
+            f"config.data: split(s) {missing} not in {source} (it has {list(splits)})"
+        )
+    encoded = {role: task.encode(splits[name], name) for role, name in wanted.items()}
+    empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]
+    if empty:
+        raise ConfigError(f"config.data: split(s) {empty} of {source} hold no usable example")
+    tokens = TokenLoader(
+        encoded,
+        d.batch_size,
+        d.eval_batch_size,
+        task.group_limits(),
+        config.train.seed,
+        d.bucket_step,
+    )
+    if not config.method.get("cache_features", False):
+        return tokens
+    head_only = all(path.startswith(f"{tasks.HEAD}/") for path, t in mask.items() if t)
+    if not task.caches_features or not head_only:
+        why = "more than the head trains" if not head_only else f"{task.name} pools no features"
+        log.warning("method.cache_features: not caching (%s); the backbone runs every step", why)
+        return tokens
+    return FeatureLoader.cache(tokens, task, params)

@@ -1,0 +1,210 @@
+"""A run: build the experiment, train (resuming from the workdir), evaluate, test.
+
+The loop knows neither the method nor the task: it feeds the loader's batches to the
+compiled steps, writes metric rows, evaluates and checkpoints on schedule, stops cleanly
+on SIGTERM / SIGINT and on a non-finite loss, and writes the results at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ftjax import checkpoints
+from ftjax.config import best_metric
+from ftjax.experiment import Experiment, build
+from ftjax.metrics import MetricWriter, Progress
+from ftjax.state import initial_state
+from ftjax.steps import Steps, shape_key
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class StopFlag:
+    """SIGTERM / SIGINT ask the loop to finish its step, save and exit cleanly."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def checkpoint_manager(config: ml_collections.ConfigDict, workdir: Path):
+    metric, higher_is_better = best_metric(config)
+    return checkpoints.manager(workdir / "checkpoints", config.train.keep, metric, higher_is_better)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains (resuming from the workdir's latest checkpoint), then tests; returns results."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = build(config)
+    print(f"{'method':<10} {'trainable':>12} {'% total':>10}  per group\n{exp.table}", flush=True)
+    if jax.process_index() == 0:
+        save_config(config, workdir)  # after build: holds what the task resolved (labels)
+    state, shardings = initial_state(exp)
+    steps = Steps(exp, shardings)
+    mngr = checkpoint_manager(config, workdir)
+    epoch, start = 0, 0
+    if mngr.latest_step() is not None:
+        state, meta = checkpoints.restore(mngr, state)
+        if meta["frozen_hash"] != exp.frozen_hash:
+            raise checkpoints.ResumeError(
+                f"{workdir}: the frozen params differ from those the checkpoint was trained "
+                "with (backbone or method changed); use a new --workdir"
+            )
+        epoch, start = meta["epoch"], meta["batch"]
+        print(f"resumed from step {int(state.step)} (epoch {epoch}, batch {start})", flush=True)
+
+    writer = MetricWriter(workdir)
+    try:
+        return _train_loop(exp, state, steps, mngr, writer, epoch, start)
+    finally:
+        writer.close()
+        mngr.wait_until_finished()
+        mngr.close()
+
+
+def _meta(exp: Experiment, epoch: int, batch: int) -> dict:
+    return {
+        "epoch": epoch,
+        "batch": batch,
+        "seed": exp.config.train.seed,
+        "frozen_hash": exp.frozen_hash,
+    }
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]:
+    cfg = exp.config.train
+    per_epoch = exp.steps_per_epoch
+    progress = Progress(exp.total_steps, int(state.step), cfg.log_every)
+    stop = StopFlag()
+    base_rng = jax.random.PRNGKey(cfg.seed)
+    eval_every = cfg.eval_every or per_epoch
+    checkpoint_every = cfg.checkpoint_every or eval_every
+    step = int(state.step)
+    step_times: list[float] = []
+    try:
+        while step < exp.total_steps:
+            for index, batch in enumerate(exp.loader.train_batches(epoch, start), start):
+                tic = time.perf_counter()
+                state, metrics = steps.train(state, batch, jax.random.fold_in(base_rng, step))
+                loss = float(metrics["loss"])  # also waits for the step to finish
+                seconds = time.perf_counter() - tic
+                step_times.append(seconds)
+                step += 1
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss} at step {step} (epoch {epoch}, batch {index}); stopped "
+                        f"without saving. The last good checkpoint is step "
+                        f"{mngr.latest_step()}. Try a lower config.optimizer.learning_rate."
+                    )
+                row = _step_metrics(exp, steps, batch, metrics, loss, seconds, step)
+                progress.update(step, {"loss": loss, "lr": row["learning_rate"]})
+                if step % cfg.log_every == 0:
+                    writer.write(step, "train", row)
+                position = (epoch, index + 1) if index + 1 < per_epoch else (epoch + 1, 0)
+                evaluated = None
+                if step % eval_every == 0 or step == exp.total_steps:
+                    evaluated = steps.evaluate(state, "validation")
+                    writer.write(step, "eval", numeric(evaluated))
+                    print(f"\nstep {step}: validation " + format_metrics(evaluated), flush=True)
+                if evaluated or step % checkpoint_every == 0 or stop.signal:
+                    checkpoints.save(
+                        mngr, state, _meta(exp, *position), evaluated and numeric(evaluated)
+                    )
+                if stop.signal:
+                    mngr.wait_until_finished()
+                    print(
+                        f"\nstopped by signal {stop.signal} after step {step}; checkpoint "
+                        "saved, rerun the same command to resume",
+                        flush=True,
+                    )
+                    return {"stopped": True, "step": step}
+                if step >= exp.total_steps:
+                    break
+            epoch, start = epoch + 1, 0
+    finally:
+        progress.close()
+        stop.restore()
+    test = steps.evaluate(state, "test")
+    writer.write(step, "test", numeric(test))
+    summary = {
+        "step": step,
+        "test": test,
+        "task": exp.task.name,
+        "method": exp.method.name,
+        "model": exp.config.model.name,
+        "trainable": exp.table,
+        "data": exp.data_report,
+        "median_step_seconds": statistics.median(step_times) if step_times else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if jax.process_index() == 0:
+        (mngr.directory.parent / "results.json").write_text(
+            json.dumps(summary, indent=2, default=to_plain) + "\n"
+        )
+    print(
+        f"final test {format_metrics(test)} (step {step}, task {exp.task.name}, method "
+        f"{exp.method.name}, model {exp.config.model.name})",
+        flush=True,
+    )
+    return summary
+
+
+def to_plain(value: Any) -> Any:
+    return np.asarray(value).tolist()
+
+
+def _step_metrics(exp, steps, batch, metrics, loss, seconds, step) -> dict[str, float]:
+    masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
+    real = float(sum(np.sum(m) for m in masks))
+    padded = float(sum(np.size(m) for m in masks))
+    row = {
+        "loss": loss,
+        "learning_rate": float(exp.schedule(step - 1)),
+        "grad_norm": float(metrics["grad_norm"]),
+        "step_seconds": seconds,
+        "tokens_per_second": real / seconds,
+        "padded_tokens_per_second": padded / seconds,
+        "examples_per_second": float(np.sum(batch["example_mask"])) / seconds,
+    }
+    peak = exp.config.train.peak_flops
+    flops = steps.flops.get(shape_key(batch), 0.0)
+    if peak and flops:
+        row["mfu"] = flops / seconds / (peak * jax.device_count())
+    return row
+
+
+def format_metrics(metrics: dict) -> str:
+    return " ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
+    )

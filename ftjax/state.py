@@ -1,0 +1,66 @@
+"""The train state placed on the mesh: params by their logical-axis rules, optimizer
+state beside the params it belongs to."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ftjax import partition, sharding
+from ftjax.experiment import Experiment
+from ftjax.models import param_axes
+from ftjax.train import TrainState
+
+
+def param_specs(exp: Experiment) -> dict[str, tuple]:
+    """Logical axes of every param (backbone and task head), flat."""
+    backbone = partition.flatten(param_axes(exp.task.model))
+    head = partition.flatten(exp.task.head_axes())
+    return {path: tuple(spec) for path, spec in {**backbone, **head}.items()}
+
+
+def _put(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
+    """Host array (the same on every process) -> a global array laid out as `target`."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
+def state_shardings(exp: Experiment, trainable: dict, frozen: dict) -> TrainState:
+    specs = param_specs(exp)
+    shapes = {p: np.shape(v) for p, v in {**trainable, **frozen}.items()}
+    shard = sharding.param_shardings(specs, shapes, exp.mesh)
+    repl = sharding.replicated(exp.mesh)
+    abstract_opt = jax.eval_shape(exp.tx.init, trainable)
+
+    def opt_leaf(state_leaf, param_sharding, shape):
+        # Adam moments mirror their param; Adafactor's factored rows/cols do not.
+        return param_sharding if state_leaf.shape == shape else repl
+
+    trainable_shard = {p: shard[p] for p in trainable}
+    opt_shard = optax.tree_map_params(
+        exp.tx,
+        opt_leaf,
+        abstract_opt,
+        trainable_shard,
+        {p: shapes[p] for p in trainable},
+        transform_non_params=lambda _: repl,
+    )
+    return TrainState(
+        step=repl,
+        trainable=trainable_shard,
+        frozen={p: shard[p] for p in frozen},
+        opt_state=opt_shard,
+    )
+
+
+def initial_state(exp: Experiment) -> tuple[TrainState, TrainState]:
+    """(state, its shardings): params placed by the rules, optimizer state beside them."""
+    trainable, frozen = partition.split(exp.params, exp.mask)
+    shardings = state_shardings(exp, trainable, frozen)
+    trainable = {p: _put(v, shardings.trainable[p]) for p, v in trainable.items()}
+    frozen = {p: _put(v, shardings.frozen[p]) for p, v in frozen.items()}
+    opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(step, trainable, frozen, opt_state), shardings

@@ -1,0 +1,215 @@
+"""The task interface: what the trainer and `ftjax.evaluate` call, whatever the task.
+
+A task turns dataset rows into arrays, owns its head (if any), its loss, what its eval
+step returns and how the host turns that into metrics, and declares which backbone
+parameters its loss can reach. The runner never asks which task runs:
+
+    task = tasks.make(config, tokenizer, info)     # config.task.name picks the class
+    model = task.prepare_model(model)              # e.g. switch on an MLM head
+    ... the method switches on its hooks ...
+    task.attach(model)                             # the final backbone
+    params |= task.init_head(rng)                  # {"head": ...} or nothing
+    examples = task.encode(rows, split)            # -> batching.Examples
+    loss, aux = task.loss(params, batch, rng)      # aux["weight"]: units averaged over
+    sums, per_row = task.eval_outputs(params, batch)
+    metrics = task.finalize(sums, per_row, examples)
+
+Eval outputs come in two kinds: `sums` are added over batches (loss sums, counts) and
+`per_row` arrays have one entry per batch row; the runner keeps the real rows, puts them
+in example order and hands them to `finalize` as lists (one entry per example).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ftjax.batching import Examples
+from ftjax.models import hub
+
+log = logging.getLogger("ftjax.tasks")
+HEAD = "head"
+Batch = Mapping[str, jax.Array]
+
+
+class TaskError(ValueError):
+    """A task that cannot run with this config, model or data; the message names it."""
+
+
+class DataRowError(ValueError):
+    """A dataset row a task cannot use; the message names the split, row and field."""
+
+
+class RowChecker:
+    """Collects bad rows of one split: an error at the first (data.on_bad_row="error"),
+    or dropped and counted per reason ("drop")."""
+
+    def __init__(self, split: str, policy: str):
+        if policy not in ("error", "drop"):
+            raise TaskError(f"config.data.on_bad_row={policy!r}: error or drop")
+        self.split, self.policy = split, policy
+        self.dropped: dict[str, int] = {}
+        self.bad: set[int] = set()
+
+    def reject(self, row: int, field: str, reason: str) -> None:
+        if self.policy == "error":
+            raise DataRowError(
+                f"split {self.split!r}, row {row}, field {field!r}: {reason} "
+                "(set config.data.on_bad_row=drop to drop such rows, counted in the log)"
+            )
+        key = f"{field}: {reason.split(':')[0]}"
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.bad.add(row)
+
+    def good(self, n: int) -> np.ndarray:
+        return np.array([i for i in range(n) if i not in self.bad], np.int64)
+
+    def report(self, examples: int, truncated: int = 0, **extra: Any) -> dict[str, Any]:
+        out = {"examples": examples, "dropped": dict(self.dropped), **extra}
+        out["truncated"] = truncated
+        out["truncated_share"] = truncated / examples if examples else 0.0
+        if self.dropped:
+            log.warning("split %s: dropped rows %s", self.split, self.dropped)
+        if truncated:
+            log.info(
+                "split %s: %d of %d examples truncated (%.1f%%)",
+                self.split,
+                truncated,
+                examples,
+                100 * truncated / max(examples, 1),
+            )
+        return out
+
+
+def require_columns(rows, split: str, columns: Mapping[str, str]) -> None:
+    """Every configured column is in the split; the error names the config field."""
+    missing = {field: col for field, col in columns.items() if col and col not in rows.column_names}
+    if missing:
+        fields = ", ".join(f"config.data.{f}={c!r}" for f, c in missing.items())
+        raise DataRowError(
+            f"split {split!r} has no column for {fields}; it has {rows.column_names}"
+        )
+
+
+def model_inputs(batch: Batch, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    return {k: batch[k] for k in names if k in batch}
+
+
+class Task:
+    """Base of every task kind; subclasses fill in the data, head, loss and metrics."""
+
+    name: ClassVar[str]
+    # Metrics finalize reports (besides loss); the first one picks the best checkpoint.
+    metrics: ClassVar[tuple[str, ...]]
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    # Config defaults this task adds: config.task fields and config.data fields.
+    task_defaults: ClassVar[dict[str, Any]] = {}
+    data_defaults: ClassVar[dict[str, Any]] = {}
+    # Sequence-level tasks whose head reads pooled features can train on cached features.
+    caches_features: ClassVar[bool] = False
+
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer, info: Mapping[str, Any]):
+        self.config, self.tokenizer, self.info = config, tokenizer, dict(info or {})
+        self.model: nn.Module | None = None
+
+    # ------------------------------------------------------------------ model side
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The backbone this task needs (before a method switches its hooks on)."""
+        return model
+
+    def attach(self, model: nn.Module) -> None:
+        """Binds the final backbone (with the method's hooks) and checks it fits."""
+        self.model = model
+        self.check_model(hub.family_of(model))
+
+    def check_model(self, family) -> None:
+        """Raises TaskError when this task makes no sense for the model's family."""
+
+    @property
+    def family(self):
+        return hub.family_of(self.model)
+
+    def unreached(self) -> tuple[str, ...]:
+        """Regexes over backbone parameter paths that no loss of this task reaches."""
+        return ()
+
+    def head(self) -> nn.Module | None:
+        return None
+
+    def head_input(self) -> jax.Array:
+        """A dummy input for the head's init (shape inference only)."""
+        raise NotImplementedError
+
+    def init_head(self, rng: jax.Array) -> dict[str, Any]:
+        head = self.head()
+        if head is None:
+            return {}
+        return {HEAD: nn.unbox(head.init(rng, self.head_input())["params"])}
+
+    def head_axes(self) -> dict[str, Any]:
+        """{"head": PartitionSpec pytree} of the head's params (logical axis names)."""
+        head = self.head()
+        if head is None:
+            return {}
+        abstract = jax.eval_shape(head.init, jax.random.PRNGKey(0), self.head_input())
+        return {HEAD: nn.get_partition_spec(abstract)["params"]}
+
+    def backbone_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if k != HEAD}
+
+    # ------------------------------------------------------------------ data side
+
+    def group_limits(self) -> dict[str, int]:
+        """Maximum length of each length group (see ftjax.batching)."""
+        return {"source": self.config.data.max_length}
+
+    def encode(self, rows, split: str) -> Examples:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ device side
+
+    def loss(self, params: dict, batch: Batch, rng=None) -> tuple[jax.Array, dict]:
+        """(mean loss, {"weight": what it averages over}); `rng` switches dropout on."""
+        raise NotImplementedError
+
+    def eval_outputs(self, params: dict, batch: Batch) -> tuple[dict, dict]:
+        """(sums over the batch's real rows, per-row arrays to gather)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ host side
+
+    def finalize(
+        self, sums: Mapping[str, float], per_row: Mapping[str, list], examples: Examples
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def dropout_rngs(rng) -> tuple[Any, Any]:
+    """(backbone rng, head rng), or (None, None) in evaluation."""
+    if rng is None:
+        return None, None
+    return tuple(jax.random.split(rng))
+
+
+def masked_mean(values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum(values * w) / max(sum(w), 1), sum(w)) in float32."""
+    weights = weights.astype(jnp.float32)
+    total = weights.sum()
+    return (values * weights).sum() / jnp.maximum(total, 1.0), total
+
+
+@dataclasses.dataclass(frozen=True)
+class Truncation:
+    """How many examples (and, where they apply, answer spans) were cut by max_length."""
+
+    examples: int = 0
+    spans: int = 0

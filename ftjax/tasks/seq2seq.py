@@ -1,0 +1,259 @@
+"""Text-to-text: a source text in, a target text out, trained with teacher forcing and
+evaluated on generated text (exact match, ROUGE-L).
+
+T5 (encoder-decoder) reads the source with its encoder and the target with its decoder
+(`decoder_input_ids` = start token + target shifted right). A decoder-only model reads
+prompt + target as one sequence (prompt = source + `task.separator`) and the loss counts
+the target tokens only; for generation the prompt alone is fed, padded on the left.
+Targets end with the model's EOS token. Classification becomes text-to-text with
+`data.label_column` set: the target is the label's word (`task.label_words`, by default
+the dataset's label names), and exact match is the accuracy.
+
+Evaluation generates with `ftjax.generation.generate` (a KV cache, compiled inside the
+eval step): greedy, beam search or sampling, at most `data.max_target_length` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ftjax import generation
+from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.tasks import scoring
+from ftjax.tasks.base import RowChecker, Task, TaskError, masked_mean, require_columns
+
+
+class TextToText(Task):
+    name = "seq2seq"
+    metrics = ("rouge_l", "exact_match")
+    task_defaults = {
+        "source_prefix": "",  # prepended to every source (T5's "summarize: ")
+        "separator": "\n",  # decoder-only: between the source and the target
+        "label_words": (),  # classification as text: the word of each label
+        "decoding": "greedy",  # greedy | beam | sample
+        "num_beams": 4,
+        "length_penalty": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
+    data_defaults = {
+        "source_column": "source",
+        "target_column": "target",
+        "label_column": "",  # set: targets are the label words of this column
+        "max_target_length": 32,
+    }
+
+    def __init__(self, config, tokenizer, info):
+        super().__init__(config, tokenizer, info)
+        if config.data.label_column and not config.task.label_words:
+            if "label_names" not in self.info:
+                raise TaskError(
+                    f"config.data.label_column={config.data.label_column!r}: set "
+                    "config.task.label_words (the dataset has no label names)"
+                )
+            config.task.label_words = tuple(self.info["label_names"])
+
+    # ------------------------------------------------------------------ model
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return len(self.family.stacks(self.model.config)) == 2
+
+    def check_model(self, family) -> None:
+        if not family.causal and len(family.stacks(self.model.config)) < 2:
+            raise TaskError(
+                f"task seq2seq needs a decoder: {type(self.model).__name__} is an encoder "
+                "(use T5 or a decoder-only model)"
+            )
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.model.config.eos_token_id)
+
+    def group_limits(self) -> dict[str, int]:
+        d = self.config.data
+        if self.encoder_decoder:
+            return {"source": d.max_length, "target": d.max_target_length}
+        return {"source": d.max_length + d.max_target_length, "prompt": d.max_length}
+
+    # ------------------------------------------------------------------ data
+
+    def encode(self, rows, split: str) -> Examples:
+        d, t = self.config.data, self.config.task
+        checker = RowChecker(split, d.on_bad_row)
+        sources, targets = self._texts(rows, split, checker)
+        keep = checker.good(len(sources))
+        pad = self.tokenizer.pad_token_id
+        src, truncated = self._sources([t.source_prefix + sources[i] for i in keep])
+        tgt = self.tokenizer([targets[i] for i in keep], add_special_tokens=False)["input_ids"]
+        tgt = [np.asarray([*ids, self.eos_id], np.int32) for ids in tgt]
+        fits = []
+        for j, ids in enumerate(tgt):
+            if len(ids) > d.max_target_length:
+                checker.reject(
+                    int(keep[j]),
+                    d.label_column or d.target_column,
+                    f"target has {len(ids)} tokens with EOS, over data.max_target_length="
+                    f"{d.max_target_length}",
+                )
+            else:
+                fits.append(j)
+        keep, src, tgt = keep[fits], [src[j] for j in fits], [tgt[j] for j in fits]
+        truncated = int(truncated[fits].sum())
+        references = [targets[i] for i in keep]
+        report = checker.report(len(keep), truncated)
+        if self.encoder_decoder:
+            start = self.model.config.decoder_start_token_id
+            arrays = {
+                "input_ids": src,
+                "decoder_input_ids": [
+                    np.concatenate([[start], y[:-1]]).astype(np.int32) for y in tgt
+                ],
+                "labels": tgt,
+            }
+            layout = {
+                "input_ids": Seq("source", pad),
+                "decoder_input_ids": Seq("target", pad),
+                "labels": Seq("target", IGNORE),
+            }
+        else:
+            arrays = {
+                "input_ids": [np.concatenate([x, y]) for x, y in zip(src, tgt, strict=True)],
+                "labels": [
+                    np.concatenate([np.full(len(x) - 1, IGNORE), y, [IGNORE]]).astype(np.int32)
+                    for x, y in zip(src, tgt, strict=True)
+                ],
+                "prompt": src,
+            }
+            layout = {
+                "input_ids": Seq("source", pad),
+                "labels": Seq("source", IGNORE),
+                "prompt": Seq("prompt", pad, left=True),
+            }
+        return Examples(arrays, layout, keep, host={"references": references}, report=report)
+
+    def _texts(self, rows, split: str, checker: RowChecker) -> tuple[list, list]:
+        d, t = self.config.data, self.config.task
+        columns = {"source_column": d.source_column}
+        columns["label_column" if d.label_column else "target_column"] = (
+            d.label_column or d.target_column
+        )
+        require_columns(rows, split, columns)
+        sources = list(rows[d.source_column])
+        if d.label_column:
+            words = list(t.label_words)
+            raw = list(rows[d.label_column])
+            targets = []
+            for i, label in enumerate(raw):
+                ok = isinstance(label, (int, np.integer)) and 0 <= label < len(words)
+                if not ok:
+                    checker.reject(i, d.label_column, f"label {label!r} has no word in {words}")
+                targets.append(words[label] if ok else "")
+        else:
+            targets = list(rows[d.target_column])
+        for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
+            if not isinstance(source, str) or not source.strip():
+                checker.reject(i, d.source_column, f"empty or missing source: {source!r}")
+            elif not isinstance(target, str) or not target.strip():
+                if i not in checker.bad:
+                    checker.reject(i, d.target_column, f"empty or missing target: {target!r}")
+        return sources, targets
+
+    def _sources(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Token ids of the sources cut to data.max_length, keeping what must end them
+        (T5's EOS; a decoder prompt's separator); and which ones were cut."""
+        limit, tokenizer = self.config.data.max_length, self.tokenizer
+        if self.encoder_decoder:
+            ids = tokenizer(texts, verbose=False)["input_ids"]
+            tail = [x[-1:] if x and x[-1] in tokenizer.all_special_ids else [] for x in ids]
+        else:
+            ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            separator = tokenizer(self.config.task.separator, add_special_tokens=False)
+            tail = [separator["input_ids"]] * len(ids)
+            ids = [[*x, *sep] for x, sep in zip(ids, tail, strict=True)]
+        cut = np.array([len(x) > limit for x in ids])
+        out = [
+            np.asarray(x[: limit - len(end)] + end if long else x, np.int32)
+            for x, end, long in zip(ids, tail, cut, strict=True)
+        ]
+        return out, cut
+
+    # ------------------------------------------------------------------ device
+
+    def logits(self, params, batch, rng=None) -> jax.Array:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.encoder_decoder:
+            inputs["decoder_input_ids"] = batch["decoder_input_ids"]
+            inputs["decoder_attention_mask"] = batch["decoder_attention_mask"]
+        return self.model.apply(
+            {"params": params},
+            **inputs,
+            deterministic=rng is None,
+            rngs={"dropout": rng} if rng is not None else None,
+        ).logits
+
+    def _token_losses(self, logits, batch):
+        labels = batch["labels"]
+        counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), jnp.maximum(labels, 0)
+        )
+        return losses, counted
+
+    def loss(self, params, batch, rng=None):
+        losses, counted = self._token_losses(self.logits(params, batch, rng), batch)
+        loss, weight = masked_mean(losses, counted)
+        return loss, {"weight": weight}
+
+    def generate(self, params, batch) -> jax.Array:
+        t = self.config.task
+        if self.encoder_decoder:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+        else:
+            ids, mask = batch["prompt"], batch["prompt_mask"]
+        return generation.generate(
+            self.model,
+            params,
+            ids,
+            mask,
+            max_new_tokens=self.config.data.max_target_length,
+            strategy=t.decoding,
+            num_beams=t.num_beams,
+            length_penalty=t.length_penalty,
+            temperature=t.temperature,
+            top_p=t.top_p,
+            rng=jax.random.PRNGKey(0),
+            eos_token_id=self.eos_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def eval_outputs(self, params, batch):
+        losses, counted = self._token_losses(self.logits(params, batch), batch)
+        weights = counted.astype(jnp.float32)
+        sums = {"loss_sum": (losses * weights).sum(), "count": weights.sum()}
+        return sums, {"generated": self.generate(params, batch)}
+
+    # ------------------------------------------------------------------ host
+
+    def decode(self, tokens: np.ndarray) -> str:
+        tokens = [int(x) for x in tokens]
+        if self.eos_id in tokens:
+            tokens = tokens[: tokens.index(self.eos_id)]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def finalize(self, sums, per_row, examples: Examples) -> dict[str, Any]:
+        predictions = [self.decode(row) for row in per_row["generated"]]
+        references = examples.host["references"]
+        return {
+            "rouge_l": scoring.rouge_l(predictions, references),
+            "exact_match": scoring.exact_match(predictions, references),
+            "samples": [
+                {"prediction": p, "reference": r}
+                for p, r in zip(predictions[:3], references[:3], strict=True)
+            ],
+        }

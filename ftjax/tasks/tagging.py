@@ -1,0 +1,232 @@
+"""Token classification (NER): a tag for every word, entity-level F1.
+
+Rows hold a list of words (`data.tokens_column`) and one BIO tag per word
+(`data.tags_column`, tag names or indices into `data.label_names`). Each word's tag is
+the label of its first sub-word; the other sub-words and special tokens are ignored by
+the loss. Predictions are read back at each word's first sub-word (a word cut off by
+`data.max_length` is predicted "O", and the cut is reported), then scored by entities
+with seqeval's semantics (`ftjax.tasks.scoring.entity_scores`). The head is one dense
+layer on the token states of the chosen layer(s) (`task.layers`: last, an index,
+mean_all, mean_last4, concat_last4), so frozen-feature NER is `method=probe`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.tasks import scoring
+from ftjax.tasks.base import (
+    HEAD,
+    RowChecker,
+    Task,
+    TaskError,
+    dropout_rngs,
+    log,
+    masked_mean,
+    model_inputs,
+    require_columns,
+)
+from ftjax.tasks.classification import Head
+from ftjax.tasks.features import FeatureSpec, select_layers, unreached_by_features
+
+OUTSIDE = "O"
+
+
+def first_subwords(word_ids: np.ndarray) -> dict[int, int]:
+    """{word index: position of its first sub-word} (-1 marks special tokens)."""
+    first: dict[int, int] = {}
+    for position, w in enumerate(word_ids):
+        if w >= 0 and w not in first:
+            first[int(w)] = position
+    return first
+
+
+class TokenClassification(Task):
+    name = "token_classification"
+    metrics = ("entity_f1", "entity_precision", "entity_recall", "word_accuracy")
+    task_defaults = {"layers": "last", "head_dropout": 0.1}
+    data_defaults = {"tokens_column": "tokens", "tags_column": "tags", "label_names": ()}
+
+    def __init__(self, config, tokenizer, info):
+        super().__init__(config, tokenizer, info)
+        if not config.data.label_names and self.info.get("task") == "token_classification":
+            config.data.label_names = tuple(self.info["label_names"])
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.config.data.label_names)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(pooling="mean", layers=str(self.config.task.layers))
+
+    def unreached(self) -> tuple[str, ...]:
+        return unreached_by_features(self.family, self.model.config, self.spec)
+
+    def head(self) -> Head:
+        return Head(len(self.tags), self.config.task.head_dropout)
+
+    def head_input(self) -> jax.Array:
+        return jnp.zeros((1, self.spec.width(self.model.config.hidden_size)), jnp.float32)
+
+    # ------------------------------------------------------------------ data
+
+    def encode(self, rows, split: str) -> Examples:
+        d = self.config.data
+        require_columns(
+            rows, split, {"tokens_column": d.tokens_column, "tags_column": d.tags_column}
+        )
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise TaskError("task token_classification needs a fast tokenizer (word ids)")
+        words_of, tags_of = list(rows[d.tokens_column]), list(rows[d.tags_column])
+        if not self.tags:
+            self._derive_tags(tags_of, split)
+        checker = RowChecker(split, d.on_bad_row)
+        gold = [self._check_row(i, words_of[i], tags_of[i], checker) for i in range(len(rows))]
+        keep = checker.good(len(rows))
+        words = [list(words_of[i]) for i in keep]
+        enc = self.tokenizer(words, is_split_into_words=True, truncation=False, verbose=False)
+        long = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) > d.max_length]
+        cut = (
+            self.tokenizer(
+                [words[j] for j in long],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=d.max_length,
+            )
+            if long
+            else None
+        )
+        ids, labels, word_ids, lost_words = [], [], [], 0
+        for j, i in enumerate(keep):
+            source = cut if j in long else enc
+            k = long.index(j) if j in long else j
+            row_ids = np.asarray(source["input_ids"][k], np.int32)
+            row_words = np.array([-1 if w is None else w for w in source.word_ids(k)], np.int32)
+            first = first_subwords(row_words)
+            row_labels = np.full(len(row_ids), IGNORE, np.int32)
+            for w, position in first.items():
+                row_labels[position] = gold[i][w]
+            lost_words += len(words[j]) - len(first)
+            ids.append(row_ids)
+            labels.append(row_labels)
+            word_ids.append(row_words)
+        gold_tags = [[self.tags[t] for t in gold[i]] for i in keep]
+        report = checker.report(len(keep), len(long), words_cut=lost_words)
+        return Examples(
+            {"input_ids": ids, "labels": labels},
+            {
+                "input_ids": Seq("source", self.tokenizer.pad_token_id),
+                "labels": Seq("source", IGNORE),
+            },
+            keep,
+            host={"word_ids": word_ids, "gold": gold_tags},
+            report=report,
+        )
+
+    def _derive_tags(self, tags_of, split: str) -> None:
+        found = sorted(
+            {t for tags in tags_of if isinstance(tags, list) for t in tags if isinstance(t, str)}
+        )
+        if not found:
+            raise TaskError(
+                "config.data.label_names is empty and the tags are not names: list the tag set"
+            )
+        names = [OUTSIDE] + [t for t in found if t != OUTSIDE]
+        log.info("token_classification: tag set from split %s: %s", split, names)
+        self.config.data.label_names = tuple(names)
+
+    def _check_row(self, i: int, words, tags, checker: RowChecker) -> list[int]:
+        d = self.config.data
+        if (
+            not isinstance(words, list)
+            or not words
+            or not all(isinstance(w, str) and w for w in words)
+        ):
+            checker.reject(i, d.tokens_column, f"not a non-empty list of words: {words!r}"[:200])
+            return []
+        if not isinstance(tags, list) or len(tags) != len(words):
+            n = len(tags) if isinstance(tags, list) else tags
+            checker.reject(i, d.tags_column, f"{n} tags for {len(words)} words")
+            return []
+        ids = []
+        for position, tag in enumerate(tags):
+            if isinstance(tag, str) and tag in self.tags:
+                ids.append(self.tags.index(tag))
+            elif isinstance(tag, (int, np.integer)) and 0 <= tag < len(self.tags):
+                ids.append(int(tag))
+            else:
+                checker.reject(
+                    i,
+                    d.tags_column,
+                    f"tag {tag!r} (word {position}) not in the tag set {self.tags}",
+                )
+                return []
+        return ids
+
+    # ------------------------------------------------------------------ device
+
+    def logits(self, params, batch, rng=None) -> jax.Array:
+        backbone_rng, head_rng = dropout_rngs(rng)
+        output = self.model.apply(
+            {"params": self.backbone_params(params)},
+            **model_inputs(batch, ("input_ids", "attention_mask")),
+            deterministic=rng is None,
+            output_hidden_states=self.spec.needs_all_layers,
+            rngs={"dropout": backbone_rng} if backbone_rng is not None else None,
+        )
+        states = select_layers(output, self.spec).astype(jnp.float32)
+        return self.head().apply(
+            {"params": params[HEAD]},
+            states,
+            deterministic=rng is None,
+            rngs={"dropout": head_rng} if head_rng is not None else None,
+        )
+
+    def _token_losses(self, logits, batch):
+        labels = batch["labels"]
+        labelled = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        return losses, labelled
+
+    def loss(self, params, batch, rng=None):
+        losses, labelled = self._token_losses(self.logits(params, batch, rng), batch)
+        loss, weight = masked_mean(losses, labelled)
+        return loss, {"weight": weight}
+
+    def eval_outputs(self, params, batch):
+        logits = self.logits(params, batch)
+        losses, labelled = self._token_losses(logits, batch)
+        predictions = jnp.argmax(logits, -1)
+        weights = labelled.astype(jnp.float32)
+        sums = {
+            "loss_sum": (losses * weights).sum(),
+            "count": weights.sum(),
+            "correct": ((predictions == batch["labels"]) * weights).sum(),
+        }
+        return sums, {"predictions": predictions}
+
+    # ------------------------------------------------------------------ host
+
+    def finalize(self, sums, per_row, examples: Examples) -> dict[str, Any]:
+        predicted = []
+        for row, word_ids, gold in zip(
+            per_row["predictions"], examples.host["word_ids"], examples.host["gold"], strict=True
+        ):
+            tags = [OUTSIDE] * len(gold)
+            for w, position in first_subwords(word_ids).items():
+                tags[w] = self.tags[int(row[position])]
+            predicted.append(tags)
+        scores = scoring.entity_scores(examples.host["gold"], predicted)
+        return {
+            "entity_f1": scores["f1"],
+            "entity_precision": scores["precision"],
+            "entity_recall": scores["recall"],
+            "word_accuracy": sums["correct"] / max(sums["count"], 1.0),
+        }
