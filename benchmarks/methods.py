@@ -50,12 +50,13 @@ def real_batch(seed: int = 0) -> dict:
 
     from ftjax import batching
     from ftjax.data import load_splits
-    from ftjax.models import load_tokenizer
+    from ftjax.models import from_pretrained, load_tokenizer
+    from ftjax.tasks import standalone
 
-    tokenizer = load_tokenizer("minilm")
+    task = standalone("classification", from_pretrained("minilm")[0], load_tokenizer("minilm"))
     rows = load_splits("sentiment")["train"].select(range(seed * BATCH, (seed + 1) * BATCH))
-    encoded = batching.encode(rows, tokenizer, LENGTH, num_labels=2)
-    return batching.pad_batch(encoded, np.arange(BATCH), BATCH, [LENGTH], tokenizer.pad_token_id)
+    encoded = task.encode(rows, "train")
+    return batching.pad_batch(encoded, np.arange(BATCH), BATCH, {"source": [LENGTH]})
 
 
 def timed_steps(step, state, batches, rng_of):
@@ -81,15 +82,16 @@ def run_one(model_name: str, method_name: str, steps: int) -> dict:
     import optax
 
     from ftjax import methods, partition
-    from ftjax.tasks.classification import Classifier
+    from ftjax.experiment import unreached_params
+    from ftjax.tasks import standalone
     from ftjax.train import create_state, make_train_step
 
     model, params = load_model(model_name)
     method = methods.resolve("probe" if method_name == "probe_cached" else method_name, model)
     model, params = methods.apply(method, model, params)
-    task = Classifier(model, 2)
+    task = standalone("classification", model, head_dropout=0.0)
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}
-    mask = methods.trainable_mask(method, params)
+    mask = methods.trainable_mask(method, params, unreached_params(task, params))
     tx = optax.adamw(1e-4)
     state = create_state(params, mask, tx)
     batches = [real_batch(i % 4) for i in range(steps + 1)]

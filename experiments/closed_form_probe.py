@@ -16,8 +16,7 @@ import numpy as np
 from ftjax import batching, probe
 from ftjax.data import load_splits
 from ftjax.models import from_pretrained, load_tokenizer
-from ftjax.tasks.classification import Classifier
-from ftjax.tasks.features import FeatureSpec
+from ftjax.tasks import standalone
 
 CHOICES = [
     ("mean", "last"),
@@ -39,18 +38,21 @@ def main() -> None:
     model, params = from_pretrained("minilm")
     tokenizer = load_tokenizer("minilm")
     splits = load_splits("sentiment")
-    data = {
-        s: batching.encode(splits[s], tokenizer, 64, num_labels=2)
-        for s in ("train", "validation", "test")
-    }
+    encoder = standalone("classification", model, tokenizer)
+    data = {s: encoder.encode(splits[s], s) for s in ("train", "validation", "test")}
     print("| features | head | l2 | validation | test | seconds |")
     print("|---|---|---:|---:|---:|---:|")
     for pooling, layers in CHOICES:
-        task = Classifier(model, 2, FeatureSpec(pooling=pooling, layers=layers))
+        task = standalone("classification", model, tokenizer, pooling=pooling, layers=layers)
         start = time.perf_counter()
         feats = {
-            s: probe.extract_features(
-                task, params, batching.batches(d, 64, 64, tokenizer.pad_token_id, shuffle=False)
+            s: (
+                probe.extract_features(
+                    task,
+                    params,
+                    (b for b, _ in batching.batches(d, 64, {"source": 64}, shuffle=False)),
+                ),
+                d.arrays["labels"],
             )
             for s, d in data.items()
         }

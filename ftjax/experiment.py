@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from ftjax import checkpoints, methods, partition, sharding, tasks
+from ftjax.batching import Examples
 from ftjax.config import ConfigError, method_options, validate
 from ftjax.data import dataset_info, load_splits
 from ftjax.loaders import FeatureLoader, TokenLoader
@@ -68,13 +69,15 @@ def build(
     method = methods.resolve(config.method.name, model, method_options(config.method))
     model, params = methods.apply(method, model, params, rng=config.train.seed, tokenizer=tokenizer)
     task.attach(model)
+    # Encoded before the head exists: a task may take its label set from the data.
+    encoded = encode_splits(config, task, source, evaluation_only=data_override is not None)
     params = {**params, **task.init_head(jax.random.PRNGKey(config.train.seed))}
     unreached = unreached_params(task, params)
     mask = methods.trainable_mask(method, params, unreached)
     frozen = {p: v for p, v in partition.flatten(params).items() if not mask[p]}
     table = methods.method_row(method, params, mask, unreached)
 
-    loader = make_loader(config, task, params, mask, source, data_override is not None)
+    loader = make_loader(config, task, params, mask, encoded)
     per_epoch = loader.num_batches("train") if "train" in loader.roles else 0
     total = config.train.max_steps or config.train.epochs * per_epoch
     tx, lr = make_optimizer(config.optimizer, total)
@@ -102,7 +105,8 @@ def unreached_params(task: tasks.Task, params: dict) -> set[str]:
     }
 
 
-def make_loader(config, task, params, mask, source: str, evaluation_only: bool):
+def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str, Examples]:
+    """The task's examples of each role's split (train / validation / test)."""
     d = config.data
     splits = load_splits(source)
     wanted = {"train": d.train_split, "validation": d.eval_split, "test": d.test_split}
@@ -117,6 +121,11 @@ def make_loader(config, task, params, mask, source: str, evaluation_only: bool):
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]
     if empty:
         raise ConfigError(f"config.data: split(s) {empty} of {source} hold no usable example")
+    return encoded
+
+
+def make_loader(config, task, params, mask, encoded: dict[str, Examples]):
+    d = config.data
     tokens = TokenLoader(
         encoded,
         d.batch_size,

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from ftjax import checkpoints, loop
-from ftjax.experiment import build
-from ftjax.state import initial_state
-from ftjax.steps import Steps
 from ftjax.config import ConfigError
 from ftjax.evaluate import evaluate
+from ftjax.experiment import build
 from ftjax.methods import MethodError
+from ftjax.state import initial_state
+from ftjax.steps import Steps
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

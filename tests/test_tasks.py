@@ -1,0 +1,256 @@
+"""Every task kind end to end on tiny models of each family it makes sense for; bad input;
+every method with every task; what the tasks reach."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import datasets
+import jax
+import numpy as np
+import pytest
+
+from ftjax import loop, methods, partition
+from ftjax.evaluate import evaluate
+from ftjax.experiment import build
+from ftjax.models import from_pretrained, load_tokenizer
+from ftjax.state import initial_state
+from ftjax.steps import Steps
+from ftjax.tasks import DataRowError, TaskError, standalone
+from tests.helpers import synthetic
+from tests.helpers.tiny import make_checkpoint, write_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_file(name: str, arg: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    return {f: make_checkpoint(base / f, f) for f in ("bert", "gpt2", "t5")}
+
+
+def tiny_run_config(name, model_dir, data_dir, method="full", **fields):
+    config = config_file(name, f"method={method}")
+    config.model.name, config.data.name = str(model_dir), str(data_dir)
+    config.model.dropout = 0.0
+    config.data.update(batch_size=16, eval_batch_size=48, max_length=32, bucket_step=32)
+    config.train.update(epochs=6, prng_impl="rbg", log_every=100)
+    config.optimizer.update(learning_rate=3e-3, warmup_ratio=0.0)
+    for key, value in fields.items():
+        section, field = key.split("__")
+        config[section][field] = value
+    return config
+
+
+def run_and_reproduce(config, workdir: Path) -> dict:
+    results = loop.run(config, workdir)
+    again = evaluate(workdir)["test"]
+    assert {k: again[k] for k in results["test"]} == results["test"]
+    return results["test"]
+
+
+NER_FIELDS = {"data__label_names": (), "train__epochs": 10}  # tag set from the data
+E2E = [
+    ("sentiment", "bert", synthetic.sentiment_rows, {}, "accuracy", 0.85),
+    ("sentiment", "gpt2", synthetic.sentiment_rows, {}, "accuracy", 0.85),
+    ("sentiment", "t5", synthetic.sentiment_rows, {}, "accuracy", 0.85),
+    (
+        "sentiment",
+        "bert",
+        synthetic.pair_rows,
+        {"data__text_column": "premise", "data__text_pair_column": "hypothesis"},
+        "accuracy",
+        0.85,
+    ),
+    ("sentiment_regression", "bert", synthetic.sentiment_rows, {}, "pearson", 0.8),
+    ("sentiment_regression", "gpt2", synthetic.sentiment_rows, {}, "pearson", 0.8),
+    ("ner", "bert", synthetic.ner_rows, NER_FIELDS, "entity_f1", 0.7),
+    ("ner", "t5", synthetic.ner_rows, NER_FIELDS, "entity_f1", 0.7),
+]
+
+
+@pytest.mark.parametrize(
+    "config_name, family, rows, fields, metric, floor",
+    E2E,
+    ids=[f"{e[0]}-{e[1]}{'-pair' if 'pair' in e[2].__name__ else ''}" for e in E2E],
+)
+def test_task_trains_end_to_end_well_above_chance(
+    tmp_path, checkpoints, config_name, family, rows, fields, metric, floor
+):
+    data = write_splits(tmp_path / "data", synthetic.splits_of(rows))
+    config = tiny_run_config(config_name, checkpoints[family], data, **fields)
+    test = run_and_reproduce(config, tmp_path / "run")
+    assert test[metric] >= floor, test
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(checkpoints):
+    model, _ = from_pretrained(checkpoints["bert"])
+    return model, load_tokenizer(checkpoints["bert"])
+
+
+def rows_of(*rows):
+    return datasets.Dataset.from_list(list(rows))
+
+
+def test_classification_bad_rows_are_named_or_dropped_and_counted(tiny_bert):
+    model, tokenizer = tiny_bert
+    bad = rows_of(
+        {"text": "good film", "label": 1},
+        {"text": "  ", "label": 0},
+        {"text": "odd film", "label": 2},
+        {"text": "fine", "label": 0},
+    )
+    task = standalone("classification", model, tokenizer, num_labels=2)
+    with pytest.raises(DataRowError, match=r"split 'train', row 1, field 'text': empty"):
+        task.encode(bad, "train")
+    task = standalone("classification", model, tokenizer, num_labels=2, on_bad_row="drop")
+    examples = task.encode(bad, "train")
+    assert list(examples.rows) == [0, 3]
+    assert examples.report["dropped"] == {
+        "text: empty or missing text": 1,
+        "label: label 2 outside the label set 0..1": 1,
+    }
+    with pytest.raises(DataRowError, match=r"row 2, field 'label': label 2 outside the label set"):
+        task = standalone("classification", model, tokenizer, num_labels=2)
+        task.encode(rows_of(bad[0], bad[3], bad[2]), "train")
+    with pytest.raises(DataRowError, match=r"no column for config.data.label_column='stars'"):
+        standalone("classification", model, tokenizer, label_column="stars").encode(bad, "train")
+
+
+def test_truncation_is_reported(tiny_bert):
+    model, tokenizer = tiny_bert
+    task = standalone("classification", model, tokenizer, max_length=8)
+    examples = task.encode(
+        rows_of({"text": "one two", "label": 0}, {"text": " ".join(["word"] * 20), "label": 1}),
+        "train",
+    )
+    assert examples.report["truncated"] == 1 and examples.report["truncated_share"] == 0.5
+    assert [len(x) for x in examples.arrays["input_ids"]] == [4, 8]
+    assert examples.arrays["input_ids"][1][-1] == tokenizer.sep_token_id
+
+
+def test_regression_target_must_be_a_number(tiny_bert):
+    model, tokenizer = tiny_bert
+    task = standalone("regression", model, tokenizer)
+    with pytest.raises(DataRowError, match=r"row 1, field 'score': target None is not a finite"):
+        task.encode(rows_of({"text": "a", "score": 1.5}, {"text": "b", "score": None}), "test")
+
+
+def test_ner_tags_must_fit_words_and_tag_set(tiny_bert):
+    model, tokenizer = tiny_bert
+    task = standalone("token_classification", model, tokenizer, label_names=("O", "B-PER"))
+    good = {"tokens": ["john", "runs"], "tags": ["B-PER", "O"]}
+    with pytest.raises(DataRowError, match=r"row 1, field 'tags': tag 'B-LOC' \(word 0\) not in"):
+        task.encode(rows_of(good, {"tokens": ["paris"], "tags": ["B-LOC"]}), "validation")
+    with pytest.raises(DataRowError, match=r"row 0, field 'tags': 1 tags for 2 words"):
+        task.encode(rows_of({"tokens": ["a", "b"], "tags": ["O"]}), "validation")
+
+
+def test_ner_labels_the_first_subword_and_maps_predictions_back(tiny_bert):
+    model, tokenizer = tiny_bert
+    task = standalone("token_classification", model, tokenizer, label_names=("O", "B-PER", "I-PER"))
+    words = ["johnathanson", "smithers", "runs"]  # several sub-words each
+    examples = task.encode(rows_of({"tokens": words, "tags": ["B-PER", "I-PER", "O"]}), "t")
+    ids, labels = examples.arrays["input_ids"][0], examples.arrays["labels"][0]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert len(pieces) > 5 and pieces[0] == "[CLS]"
+    firsts = [
+        i for i, p in enumerate(pieces) if p not in ("[CLS]", "[SEP]") and not p.startswith("##")
+    ]
+    assert [int(labels[i]) for i in firsts] == [1, 2, 0]
+    assert all(labels[i] == -100 for i in range(len(labels)) if i not in firsts)
+    # Predict the gold label at first sub-words, garbage elsewhere: entity F1 is 1.
+    predictions = np.where(labels >= 0, labels, 1)
+    metrics = task.finalize({"correct": 3, "count": 3}, {"predictions": [predictions]}, examples)
+    assert metrics["entity_f1"] == 1.0
+
+
+# ----------------------------------------------------------------------------- reach
+
+
+def test_t5_encoder_classification_with_full_trains_no_decoder_parameter(tmp_path, checkpoints):
+    data = write_splits(
+        tmp_path / "data",
+        synthetic.splits_of(
+            synthetic.sentiment_rows, sizes={"train": 16, "validation": 16, "test": 16}
+        ),
+    )
+    exp = build(tiny_run_config("sentiment", checkpoints["t5"], data))
+    trained = [p for p, on in exp.mask.items() if on]
+    assert trained and not [p for p in trained if p.startswith(("decoder/", "lm_head/"))]
+    assert any(p.startswith("encoder/layer_0/") for p in trained)
+    assert "unreached by the task (frozen)" in exp.table
+    bert = build(tiny_run_config("sentiment", checkpoints["bert"], data))
+    assert not any(bert.mask[p] for p in bert.mask if p.startswith("pooler/"))
+    pooled = build(tiny_run_config("sentiment", checkpoints["bert"], data, task__pooling="pooler"))
+    assert all(pooled.mask[p] for p in pooled.mask if p.startswith("pooler/"))
+    inner = build(tiny_run_config("sentiment", checkpoints["bert"], data, task__layers="1"))
+    assert not any(inner.mask[p] for p in inner.mask if p.startswith("encoder/layer_1/"))
+    assert all(inner.mask[p] for p in inner.mask if p.startswith("encoder/layer_0/"))
+
+
+def test_decoder_pooling_that_reads_no_whole_input_is_refused(tmp_path, checkpoints):
+    data = write_splits(
+        tmp_path / "data",
+        synthetic.splits_of(
+            synthetic.sentiment_rows, sizes={"train": 16, "validation": 16, "test": 16}
+        ),
+    )
+    with pytest.raises(TaskError, match="pooling='cls' on a causal decoder"):
+        build(tiny_run_config("sentiment", checkpoints["gpt2"], data, task__pooling="cls"))
+
+
+# ----------------------------------------------------------------------------- methods x tasks
+
+MATRIX_TASKS = {
+    "sentiment": ("gpt2", synthetic.sentiment_rows, {}),
+    "sentiment_regression": ("t5", synthetic.sentiment_rows, {}),
+    "ner": ("bert", synthetic.ner_rows, {"data__label_names": ()}),
+}
+OPTIONS = {
+    "top_k": {"k": 1},
+    "selective": {"patterns": (".*/attention/query/kernel",)},
+    "lora": {"rank": 2},
+    "adapter": {"size": 4},
+    "prefix": {"length": 2},
+    "prompt": {"length": 2},
+}
+
+
+@pytest.mark.parametrize("config_name", MATRIX_TASKS)
+def test_every_method_trains_what_it_says_on_every_task(tmp_path, checkpoints, config_name):
+    family, rows, fields = MATRIX_TASKS[config_name]
+    sizes = {"train": 16, "validation": 16, "test": 16}
+    data = write_splits(tmp_path / "data", synthetic.splits_of(rows, sizes=sizes))
+    for name in methods.METHODS:
+        if name == "bitfit" and family == "t5":
+            continue  # T5 has no biases: refused (tests/test_methods.py)
+        config = tiny_run_config(config_name, checkpoints[family], data, name, **fields)
+        for option, value in OPTIONS.get(name, {}).items():
+            config.method[option] = value
+        config.data.eval_batch_size = 16
+        exp = build(config)
+        state, shardings = initial_state(exp)
+        before = partition.flatten(exp.params)
+        steps = Steps(exp, shardings)
+        for i, batch in enumerate(exp.loader.train_batches(0, 0)):
+            state, metrics = steps.train(state, batch, jax.random.PRNGKey(i))
+            assert np.isfinite(float(metrics["loss"])), (config_name, name)
+        after = partition.flatten(state.params)
+        for path, trains in exp.mask.items():
+            same = np.array_equal(np.asarray(after[path]), np.asarray(before[path]))
+            assert same != trains, (
+                f"{config_name}/{name}: {path} {'did not train' if trains else 'frozen, changed'}"
+            )
