@@ -177,10 +177,10 @@ class BertModel(nn.Module):
         x = BertEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic
         )
-        x, attention_mask = layers.prepend_prompt(cfg.peft, x, attention_mask)
+        x, attention_mask, prompted = layers.prepend_prompt(cfg.peft, x, attention_mask)
         mask = layers.padding_mask(None, attention_mask)
         states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
-        states = [s[:, cfg.peft.prompt_length :] for s in states]  # outputs align with inputs
+        states = [s[:, prompted:] for s in states]  # outputs align with inputs
         pooled = None
         if cfg.with_pooler:
             dense = layers.Dense(

@@ -101,6 +101,7 @@ class GPT2Block(nn.Module):
             cfg.num_heads,
             cfg.head_dim,
             scale=cfg.scale_attention,
+            causal=True,
             dropout_rate=cfg.attention_dropout,
             dtype=dtype,
             kernel_init=init,
@@ -142,6 +143,10 @@ class GPT2Model(nn.Module):
     Position ids default to each token's index among the real tokens of its row, so
     left padding (and, later, a prefix) leaves the real tokens' positions unchanged;
     for right-padded batches this is Hugging Face's default `arange`.
+
+    `decode="prefill"` or `"step"` runs with a key/value cache (`ftjax.generation`): the
+    attention mask then spans the whole cache and position ids are required; a soft
+    prompt enters the cache at prefill only.
     """
 
     config: GPT2Config
@@ -155,11 +160,14 @@ class GPT2Model(nn.Module):
         *,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        decode: str = "",
     ) -> ModelOutput:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if position_ids is None:
+            if decode:
+                raise ValueError("GPT2Model: decoding with a cache needs position_ids")
             position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
         wte = layers.Embed(
             cfg.vocab_size,
@@ -179,10 +187,10 @@ class GPT2Model(nn.Module):
         )
         x = wte(input_ids) + wpe(position_ids)
         x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
-        x, attention_mask = layers.prepend_prompt(cfg.peft, x, attention_mask)
-        mask = layers.padding_mask(None, attention_mask) & layers.causal_mask(x.shape[1])
+        x, attention_mask, prompted = layers.prepend_prompt(cfg.peft, x, attention_mask, decode)
+        mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
         states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
-        states = [s[:, cfg.peft.prompt_length :] for s in states]  # outputs align with inputs
+        states = [s[:, prompted:] for s in states]  # outputs align with inputs
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,

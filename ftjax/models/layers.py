@@ -9,6 +9,9 @@ are the fast path; see DESIGN.md).
 Hooks for parameter-efficient methods live here, so each family gets them for free:
 `Dense` is the single place where LoRA factors can be attached, and `Attention` is the
 single place where prefix keys/values and relative-position biases enter.
+
+Decoding: a causal `Attention` keeps a key/value cache in the "cache" collection whenever
+that collection is mutable (`ftjax.generation` makes it so); see `Attention._cached`.
 """
 
 from __future__ import annotations
@@ -198,13 +201,16 @@ class Attention(nn.Module):
 
     `mask` is boolean, broadcastable to [batch, heads, q, k]; `bias` is an additive
     float bias (T5's relative positions) of the same shape. `scale=False` is T5, which
-    folds 1/sqrt(head_dim) into its initialisation.
+    folds 1/sqrt(head_dim) into its initialisation. `causal=True` adds the causal mask
+    itself, and with a mutable "cache" collection reads and extends a key/value cache:
+    then `mask` and `bias` span the whole cache ([.., q, cache_length]).
     """
 
     num_heads: int
     head_dim: int
     use_bias: bool = True
     scale: bool = True
+    causal: bool = False
     dropout_rate: float = 0.0
     dtype: DType = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
@@ -236,6 +242,12 @@ class Attention(nn.Module):
             return out.reshape(*source.shape[:-1], self.num_heads, self.head_dim)
 
         q, k, v = project("query", x), project("key", context), project("value", context)
+        if self.causal:
+            if self.is_mutable_collection("cache"):
+                k, v, visible = self._cached(k, v)
+            else:
+                visible = causal_mask(x.shape[1])
+            mask = visible if mask is None else mask & visible
         if prefix is not None:
             k, v, mask, bias = _prepend_prefix(prefix.astype(self.dtype), k, v, mask, bias)
         if self.scale:
@@ -250,6 +262,26 @@ class Attention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
         out = out.astype(self.dtype).reshape(*x.shape[:-1], inner)
         return dense(x.shape[-1], (JOINED_HEADS, EMBED), "output")(out, deterministic)
+
+    def _cached(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
+        """Writes this call's keys/values at the cache's next slots and returns the whole
+        cache with the causal mask of these queries over it. The call that creates the
+        cache (on a full-length input, see `ftjax.generation.init_cache`) only sizes it."""
+        ready = self.has_variable("cache", "cached_key")
+        key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not ready:
+            return k, v, causal_mask(k.shape[1])
+        start = index.value
+        for cached, new in ((key, k), (value, v)):
+            cached.value = jax.lax.dynamic_update_slice(
+                cached.value, new.astype(cached.value.dtype), (0, start, 0, 0)
+            )
+        index.value = start + k.shape[1]
+        slots = start + jnp.arange(k.shape[1])
+        visible = jnp.arange(key.value.shape[1])[None, :] <= slots[:, None]
+        return key.value, value.value, visible[None, None]
 
 
 def _prepend_prefix(prefix, k, v, mask, bias):
@@ -415,8 +447,16 @@ class SoftPrompt(nn.Module):
         return jnp.concatenate([prompt, x], 1), jnp.concatenate([ones, mask], 1)
 
 
-def prepend_prompt(peft: PeftConfig, x: Array, mask: Array) -> tuple[Array, Array]:
-    """Prepends the soft prompt (submodule "prompt") when prompt tuning is on."""
-    return (
-        SoftPrompt(peft.prompt_length, name="prompt")(x, mask) if peft.prompt_length else (x, mask)
-    )
+def prepend_prompt(
+    peft: PeftConfig, x: Array, mask: Array, decode: str = ""
+) -> tuple[Array, Array, int]:
+    """Prepends the soft prompt (submodule "prompt") when prompt tuning is on; returns
+    the inputs, their mask and how many prompt positions `x` gained. In a decoding step
+    (`decode="step"`) the prompt is already in the cache: only the mask gains its slots."""
+    length = peft.prompt_length
+    if not length:
+        return x, mask, 0
+    if decode == "step":
+        return x, jnp.pad(mask, ((0, 0), (length, 0)), constant_values=1), 0
+    x, mask = SoftPrompt(length, name="prompt")(x, mask)
+    return x, mask, length

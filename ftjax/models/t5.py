@@ -172,12 +172,13 @@ class T5Layer(nn.Module):
         dropout = nn.Dropout(cfg.dropout)
         self_prefix, cross_prefix = prefix
 
-        def attention(name: str) -> layers.Attention:
+        def attention(name: str, causal: bool = False) -> layers.Attention:
             return layers.Attention(
                 cfg.num_heads,
                 cfg.head_dim,
                 use_bias=False,
                 scale=False,
+                causal=causal,
                 dropout_rate=cfg.dropout,
                 dtype=dtype,
                 kernel_init=init,
@@ -192,7 +193,7 @@ class T5Layer(nn.Module):
             h = dropout(h, deterministic=deterministic)
             return x + (layers.adapt(cfg.peft, h, adapter, dtype) if adapter else h)
 
-        h = attention("attention")(
+        h = attention("attention", causal=self.is_decoder)(
             norm("attention_norm")(x),
             mask,
             bias=bias,
@@ -227,6 +228,8 @@ class T5Stack(nn.Module):
     """Encoder (bidirectional) or decoder (causal + cross-attention) stack.
 
     `prefix` holds one (self, cross) pair of prefixes per layer (entries may be None).
+    A decoder with a mutable "cache" collection decodes incrementally: `attention_mask`
+    then spans the whole key/value cache (see `layers.Attention`).
     """
 
     config: T5Config
@@ -235,14 +238,10 @@ class T5Stack(nn.Module):
     @nn.compact
     def __call__(self, x, attention_mask, context, context_mask, prefix, deterministic: bool):
         cfg = self.config
-        length = x.shape[1]
-        mask = layers.padding_mask(None, attention_mask)
+        mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
         if self.is_decoder:
-            mask = mask & layers.causal_mask(length)
             context_mask = layers.padding_mask(None, context_mask)
-        bias = RelativeBias(cfg, bidirectional=not self.is_decoder, name="relative_bias")(
-            length, length
-        )
+        bias = self._position_bias(x.shape[1], attention_mask.shape[1])
         dropout = nn.Dropout(cfg.dropout)
         x = dropout(x, deterministic=deterministic)
         states = [x]
@@ -255,6 +254,23 @@ class T5Stack(nn.Module):
         x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
         states[-1] = dropout(x, deterministic=deterministic)
         return states
+
+    def _position_bias(self, query_length: int, key_length: int) -> jax.Array:
+        """[1, heads, q, k] relative-position bias; while decoding with a cache, the rows of
+        this call's queries (the cache's next slots) over every cache slot."""
+        relative = RelativeBias(
+            self.config, bidirectional=not self.is_decoder, name="relative_bias"
+        )
+        if not (self.is_decoder and self.is_mutable_collection("cache")):
+            return relative(query_length, key_length)
+        ready = self.has_variable("cache", "cache_index")
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        bias = relative(key_length, key_length)
+        if not ready:
+            return bias[:, :, :query_length]
+        start = index.value
+        index.value = start + query_length
+        return jax.lax.dynamic_slice_in_dim(bias, start, query_length, axis=2)
 
 
 class T5Model(nn.Module):

@@ -9,6 +9,8 @@ import ml_collections
 
 from ftjax.tasks.base import HEAD, DataRowError, Task, TaskError
 from ftjax.tasks.classification import Regression, SequenceClassification
+from ftjax.tasks.qa import ExtractiveQA
+from ftjax.tasks.seq2seq import TextToText
 from ftjax.tasks.tagging import TokenClassification
 
 TASKS: dict[str, type[Task]] = {
@@ -17,6 +19,8 @@ TASKS: dict[str, type[Task]] = {
         SequenceClassification,
         Regression,
         TokenClassification,
+        ExtractiveQA,
+        TextToText,
     )
 }
 

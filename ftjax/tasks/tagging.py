@@ -5,35 +5,22 @@ Rows hold a list of words (`data.tokens_column`) and one BIO tag per word
 the label of its first sub-word; the other sub-words and special tokens are ignored by
 the loss. Predictions are read back at each word's first sub-word (a word cut off by
 `data.max_length` is predicted "O", and the cut is reported), then scored by entities
-with seqeval's semantics (`ftjax.tasks.scoring.entity_scores`). The head is one dense
-layer on the token states of the chosen layer(s) (`task.layers`: last, an index,
-mean_all, mean_last4, concat_last4), so frozen-feature NER is `method=probe`.
+with seqeval's semantics (`ftjax.tasks.scoring.entity_scores`). The head reads every
+token's state (`tasks/token_head.py`), so frozen-feature NER is `method=probe`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from ftjax.batching import IGNORE, Examples, Seq
 from ftjax.tasks import scoring
-from ftjax.tasks.base import (
-    HEAD,
-    RowChecker,
-    Task,
-    TaskError,
-    dropout_rngs,
-    log,
-    masked_mean,
-    model_inputs,
-    require_columns,
-)
-from ftjax.tasks.classification import Head
-from ftjax.tasks.features import FeatureSpec, select_layers, unreached_by_features
+from ftjax.tasks.base import RowChecker, TaskError, log, masked_mean, require_columns
+from ftjax.tasks.token_head import TokenHeadTask
 
 OUTSIDE = "O"
 
@@ -47,10 +34,9 @@ def first_subwords(word_ids: np.ndarray) -> dict[int, int]:
     return first
 
 
-class TokenClassification(Task):
+class TokenClassification(TokenHeadTask):
     name = "token_classification"
     metrics = ("entity_f1", "entity_precision", "entity_recall", "word_accuracy")
-    task_defaults = {"layers": "last", "head_dropout": 0.1}
     data_defaults = {"tokens_column": "tokens", "tags_column": "tags", "label_names": ()}
 
     def __init__(self, config, tokenizer, info):
@@ -63,17 +49,8 @@ class TokenClassification(Task):
         return list(self.config.data.label_names)
 
     @property
-    def spec(self) -> FeatureSpec:
-        return FeatureSpec(pooling="mean", layers=str(self.config.task.layers))
-
-    def unreached(self) -> tuple[str, ...]:
-        return unreached_by_features(self.family, self.model.config, self.spec)
-
-    def head(self) -> Head:
-        return Head(len(self.tags), self.config.task.head_dropout)
-
-    def head_input(self) -> jax.Array:
-        return jnp.zeros((1, self.spec.width(self.model.config.hidden_size)), jnp.float32)
+    def outputs(self) -> int:
+        return len(self.tags)
 
     # ------------------------------------------------------------------ data
 
@@ -171,23 +148,6 @@ class TokenClassification(Task):
         return ids
 
     # ------------------------------------------------------------------ device
-
-    def logits(self, params, batch, rng=None) -> jax.Array:
-        backbone_rng, head_rng = dropout_rngs(rng)
-        output = self.model.apply(
-            {"params": self.backbone_params(params)},
-            **model_inputs(batch, ("input_ids", "attention_mask")),
-            deterministic=rng is None,
-            output_hidden_states=self.spec.needs_all_layers,
-            rngs={"dropout": backbone_rng} if backbone_rng is not None else None,
-        )
-        states = select_layers(output, self.spec).astype(jnp.float32)
-        return self.head().apply(
-            {"params": params[HEAD]},
-            states,
-            deterministic=rng is None,
-            rngs={"dropout": head_rng} if head_rng is not None else None,
-        )
 
     def _token_losses(self, logits, batch):
         labels = batch["labels"]

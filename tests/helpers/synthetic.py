@@ -32,6 +32,14 @@ def sentiment_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def text_to_text_rows(n: int, seed: int) -> list[dict]:
+    """Sentiment sentences whose target is a short sentence saying which."""
+    return [
+        {"source": r["text"], "target": "it is good" if r["label"] else "it is bad"}
+        for r in sentiment_rows(n, seed)
+    ]
+
+
 def pair_rows(n: int, seed: int) -> list[dict]:
     """Label 1 iff the second text says "yes": learnable only if the pair is read."""
     rng = np.random.default_rng(seed)
@@ -66,6 +74,27 @@ def ner_rows(n: int, seed: int) -> list[dict]:
                 tokens.append(str(rng.choice(FILLER)))
                 tags.append("O")
         rows.append({"id": str(i), "tokens": tokens, "tags": tags})
+    return rows
+
+
+def qa_rows(n: int, seed: int) -> list[dict]:
+    """SQuAD-format rows: "who is in it ?" over a context of 6-40 words holding one
+    person (answer) and places (distractors); long contexts need several windows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words = _words(rng, int(rng.integers(5, 40)))
+        for _ in range(2):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(PLACES)))
+        position = int(rng.integers(0, len(words) + 1))
+        name = str(rng.choice(PEOPLE))
+        words.insert(position, name)
+        context = " ".join(words)
+        start = len(" ".join(words[:position])) + (1 if position else 0)
+        rows.append({
+            "id": str(i), "question": "who is in it ?", "context": context,
+            "answers": {"text": [name], "answer_start": [start]},
+        })  # fmt: skip
     return rows
 
 
