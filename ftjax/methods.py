@@ -286,7 +286,11 @@ def trainable_mask(
     head = partition.flatten({"head": params["head"]}) if "head" in params else {}
     mask.update(dict.fromkeys(head, method.train_head))
     if not any(mask.values()):
-        raise MethodError(f"method {method.name} trains nothing (no patterns and no head)")
+        why = "the task has no head" if not head else "no patterns, and method.train_head=False"
+        raise MethodError(
+            f"method {method.name} trains nothing ({why}); a task without a head (seq2seq, "
+            "language_modeling) needs a method that trains backbone or method parameters"
+        )
     return mask
 
 

@@ -87,7 +87,7 @@ class Steps:
             order.append(index)
         position = np.argsort(np.concatenate(order), kind="stable") if order else []
         per_row = {k: [v[i] for i in position] for k, v in per_row.items()}
-        metrics = {"loss": sums.pop("loss_sum") / max(sums.get("count", 0.0), 1.0)}
+        metrics = {"loss": sums["loss_sum"] / max(sums.get("count", 0.0), 1.0)}
         metrics.update(self.exp.task.finalize(sums, per_row, examples))
         metrics["examples"] = len(examples)
         return metrics

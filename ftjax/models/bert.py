@@ -29,6 +29,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     initializer_range: float = 0.02
     with_pooler: bool = True
+    with_mlm_head: bool = False  # masked-LM head (BertForMaskedLM / RobertaForMaskedLM)
     model_type: str = "bert"  # "roberta": positions count from pad_token_id + 1
     dtype: str = "float32"
     peft: PeftConfig = PeftConfig()
@@ -151,8 +152,37 @@ class BertEncoder(nn.Module):
         return layers.layer_stack(BertLayer, self.config, x, mask, deterministic)
 
 
+class MlmHead(nn.Module):
+    """BERT's masked-LM head: dense, activation, LayerNorm, then the word embeddings
+    (tied) as the output projection plus a per-token bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, word_embeddings: jax.Array) -> jax.Array:
+        cfg, dtype = self.config, dtype_of(self.config.dtype)
+        h = layers.Dense(
+            cfg.hidden_size,
+            (layers.EMBED, layers.EMBED),
+            dtype=dtype,
+            kernel_init=nn.initializers.normal(cfg.initializer_range),
+            name="transform",
+        )(x)
+        h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="norm")(
+            layers.activation(cfg.hidden_act)(h)
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (layers.VOCAB,)),
+            (cfg.vocab_size,),
+            jnp.float32,
+        )
+        return layers.matmul(h, word_embeddings.T, dtype) + bias.astype(dtype)
+
+
 class BertModel(nn.Module):
-    """BERT-style encoder; returns final hidden states and (optionally) the [CLS] pooler."""
+    """BERT-style encoder; returns final hidden states, (optionally) the [CLS] pooler and
+    (optionally) masked-LM logits."""
 
     config: BertConfig
 
@@ -174,9 +204,8 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
-        x = BertEmbeddings(cfg, name="embeddings")(
-            input_ids, token_type_ids, position_ids, deterministic
-        )
+        embeddings = BertEmbeddings(cfg, name="embeddings")
+        x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x, attention_mask, prompted = layers.prepend_prompt(cfg.peft, x, attention_mask)
         mask = layers.padding_mask(None, attention_mask)
         states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
@@ -191,10 +220,15 @@ class BertModel(nn.Module):
                 name="pooler",
             )
             pooled = jnp.tanh(dense(states[-1][:, 0]))
+        logits = None
+        if cfg.with_mlm_head:
+            table = nn.unbox(embeddings.variables["params"]["word_embeddings"]["embedding"])
+            logits = MlmHead(cfg, name="mlm_head")(states[-1], table)
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,
             pooled=pooled,
+            logits=logits,
         )
 
     def default_position_ids(self, input_ids: jax.Array) -> jax.Array:
@@ -236,12 +270,29 @@ def tensor_maps(cfg: BertConfig) -> list[TensorMap]:
         maps += norm(f"{ours}/mlp_norm", f"{theirs}.output.LayerNorm")
     if cfg.with_pooler:
         maps += linear("pooler", "pooler.dense")
+    if cfg.with_mlm_head:
+        head = MLM_HEAD_NAMES[cfg.model_type]
+        maps += linear("mlm_head/transform", head["transform"])
+        maps += norm("mlm_head/norm", head["norm"])
+        maps.append(TensorMap("mlm_head/bias", head["bias"]))
     return maps
+
+
+# Where BertForMaskedLM / RobertaForMaskedLM keep their LM head (outside the base prefix).
+MLM_HEAD_NAMES = {
+    "bert": {
+        "transform": "cls.predictions.transform.dense",
+        "norm": "cls.predictions.transform.LayerNorm",
+        "bias": "cls.predictions.bias",
+    },
+    "roberta": {"transform": "lm_head.dense", "norm": "lm_head.layer_norm", "bias": "lm_head.bias"},
+}
 
 
 def fit_to_checkpoint(cfg: BertConfig, tensors: dict[str, Any]) -> BertConfig:
     has_pooler = any(name.endswith("pooler.dense.weight") for name in tensors)
-    return dataclasses.replace(cfg, with_pooler=has_pooler)
+    head = MLM_HEAD_NAMES[cfg.model_type]["transform"] + ".weight"
+    return dataclasses.replace(cfg, with_pooler=has_pooler, with_mlm_head=head in tensors)
 
 
 FAMILY = Family(
@@ -255,5 +306,5 @@ FAMILY = Family(
     word_embeddings="embeddings/word_embeddings/embedding",
     embeddings_pattern="embeddings/.*",
     lora_targets=r"encoder/layer_\d+/attention/(query|value)",
-    unused_by_encoder_features=("pooler/.*",),
+    unused_by_encoder_features=("pooler/.*", "mlm_head/.*"),
 )

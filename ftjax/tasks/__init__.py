@@ -9,6 +9,7 @@ import ml_collections
 
 from ftjax.tasks.base import HEAD, DataRowError, Task, TaskError
 from ftjax.tasks.classification import Regression, SequenceClassification
+from ftjax.tasks.lm import LanguageModeling
 from ftjax.tasks.qa import ExtractiveQA
 from ftjax.tasks.seq2seq import TextToText
 from ftjax.tasks.tagging import TokenClassification
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
         TokenClassification,
         ExtractiveQA,
         TextToText,
+        LanguageModeling,
     )
 }
 

@@ -21,7 +21,6 @@ in example order and hands them to `finalize` as lists (one entry per example).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from ftjax.batching import Examples
+from ftjax.config import ConfigError
 from ftjax.models import hub
 
 log = logging.getLogger("ftjax.tasks")
@@ -40,7 +40,7 @@ HEAD = "head"
 Batch = Mapping[str, jax.Array]
 
 
-class TaskError(ValueError):
+class TaskError(ConfigError):
     """A task that cannot run with this config, model or data; the message names it."""
 
 
@@ -205,11 +205,3 @@ def masked_mean(values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.A
     weights = weights.astype(jnp.float32)
     total = weights.sum()
     return (values * weights).sum() / jnp.maximum(total, 1.0), total
-
-
-@dataclasses.dataclass(frozen=True)
-class Truncation:
-    """How many examples (and, where they apply, answer spans) were cut by max_length."""
-
-    examples: int = 0
-    spans: int = 0

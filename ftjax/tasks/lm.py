@@ -1,0 +1,157 @@
+"""Language modelling on a text column: loss and perplexity, causal or masked.
+
+`task.objective` "causal" (decoders: every real token predicts the next) or "masked"
+(BERT-style encoders: `task.mask_probability` of the real, non-special tokens are picked;
+80% of them become [MASK], 10% a random token, 10% stay, and only they are predicted —
+Devlin et al. 2019). "auto" picks by family. Masking is drawn on device from the step's
+random key, so every epoch masks afresh and a resumed run masks as the original did;
+evaluation masks with a fixed key, so its perplexity is comparable across checkpoints.
+
+A masked LM needs an MLM head: checkpoints that have one (BertForMaskedLM) load it;
+for one that has none (the MiniLM asset) it is initialised, its output projection tied
+to the word embeddings, and a warning says so. T5 pre-trains by span corruption, not a
+language-modelling objective here: use the seq2seq task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ftjax.batching import Examples, Seq
+from ftjax.models import hub
+from ftjax.tasks import scoring
+from ftjax.tasks.base import RowChecker, Task, TaskError, log, masked_mean, require_columns
+from ftjax.tasks.classification import tokenize
+
+OBJECTIVES = ("auto", "causal", "masked")
+EVAL_MASK_SEED = 0
+
+
+class LanguageModeling(Task):
+    name = "language_modeling"
+    metrics = ("perplexity",)
+    lower_is_better = frozenset({"loss", "perplexity"})
+    task_defaults = {"objective": "auto", "mask_probability": 0.15}
+    data_defaults = {"text_column": "text"}
+
+    def objective(self, family=None) -> str:
+        chosen = self.config.task.objective
+        if chosen not in OBJECTIVES:
+            raise TaskError(f"config.task.objective={chosen!r}; known: {', '.join(OBJECTIVES)}")
+        if chosen == "auto":
+            return "causal" if (family or self.family).causal else "masked"
+        return chosen
+
+    def prepare_model(self, model):
+        config = model.config
+        if self.objective(hub.family_of(model)) == "masked" and hasattr(config, "with_mlm_head"):
+            if not config.with_mlm_head:
+                log.warning(
+                    "language_modeling: %s has no masked-LM head; initialising one (dense + "
+                    "LayerNorm new, output tied to the word embeddings)",
+                    self.config.model.name,
+                )
+                model = type(model)(dataclasses.replace(config, with_mlm_head=True))
+        return model
+
+    def check_model(self, family) -> None:
+        objective = self.objective(family)
+        if len(family.stacks(self.model.config)) == 2:
+            raise TaskError(
+                "task language_modeling: T5 pre-trains by span corruption, which is not a "
+                "language-modelling objective here; use task seq2seq"
+            )
+        if objective == "causal" and not family.causal:
+            raise TaskError(
+                "config.task.objective='causal' needs a causal decoder; "
+                f"{type(self.model).__name__} is bidirectional (use 'masked')"
+            )
+        if objective == "masked" and not getattr(self.model.config, "with_mlm_head", False):
+            raise TaskError(
+                f"config.task.objective='masked': {type(self.model).__name__} has no "
+                "masked-LM head (a causal decoder uses 'causal')"
+            )
+
+    def unreached(self) -> tuple[str, ...]:
+        return ("pooler/.*",) if self.objective() == "masked" else ()
+
+    # ------------------------------------------------------------------ data
+
+    def encode(self, rows, split: str) -> Examples:
+        d = self.config.data
+        require_columns(rows, split, {"text_column": d.text_column})
+        checker = RowChecker(split, d.on_bad_row)
+        texts = list(rows[d.text_column])
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                checker.reject(i, d.text_column, f"empty or missing text: {text!r}")
+        keep = checker.good(len(texts))
+        ids, _, truncated = tokenize(self.tokenizer, [texts[i] for i in keep], None, d.max_length)
+        layout = {"input_ids": Seq("source", self.tokenizer.pad_token_id)}
+        return Examples(
+            {"input_ids": ids}, layout, keep, report=checker.report(len(keep), truncated)
+        )
+
+    # ------------------------------------------------------------------ device
+
+    def token_losses(self, params, batch, rng=None) -> tuple[jax.Array, jax.Array]:
+        """(per-token losses, which tokens count) of this batch."""
+        ids, real = batch["input_ids"], batch["attention_mask"] > 0
+        real = real & (batch["example_mask"][:, None] > 0)
+        mask_key, dropout_key = (
+            jax.random.split(rng) if rng is not None else (jax.random.PRNGKey(EVAL_MASK_SEED), None)
+        )
+        if self.objective() == "masked":
+            inputs, counted = self.mask_tokens(ids, real, mask_key)
+            targets = ids
+        else:
+            inputs, counted, targets = ids, real[:, 1:] & real[:, :-1], ids[:, 1:]
+        logits = self.model.apply(
+            {"params": params},
+            inputs,
+            batch["attention_mask"],
+            deterministic=rng is None,
+            rngs={"dropout": dropout_key} if dropout_key is not None else None,
+        ).logits.astype(jnp.float32)
+        if self.objective() == "causal":
+            logits = logits[:, :-1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets), counted
+
+    def mask_tokens(self, ids, real, key) -> tuple[jax.Array, jax.Array]:
+        """BERT's corruption: (inputs, which positions are predicted)."""
+        special = jnp.isin(ids, jnp.asarray(self.tokenizer.all_special_ids, ids.dtype))
+        pick_key, kind_key, token_key = jax.random.split(key, 3)
+        picked = (
+            real
+            & ~special
+            & (jax.random.uniform(pick_key, ids.shape) < self.config.task.mask_probability)
+        )
+        kind = jax.random.uniform(kind_key, ids.shape)
+        noise = jax.random.randint(token_key, ids.shape, 0, self.model.config.vocab_size, ids.dtype)
+        inputs = jnp.where(picked & (kind < 0.8), self.tokenizer.mask_token_id, ids)
+        inputs = jnp.where(picked & (kind >= 0.8) & (kind < 0.9), noise, inputs)
+        return inputs, picked
+
+    def loss(self, params, batch, rng=None):
+        losses, counted = self.token_losses(params, batch, rng)
+        loss, weight = masked_mean(losses, counted)
+        return loss, {"weight": weight}
+
+    def eval_outputs(self, params, batch):
+        losses, counted = self.token_losses(params, batch)
+        weights = counted.astype(jnp.float32)
+        return {"loss_sum": (losses * weights).sum(), "count": weights.sum()}, {}
+
+    # ------------------------------------------------------------------ host
+
+    def finalize(self, sums, per_row, examples: Examples) -> dict[str, Any]:
+        return {
+            "perplexity": scoring.perplexity(sums["loss_sum"], sums["count"]),
+            "tokens": int(np.round(sums["count"])),
+        }

@@ -1,0 +1,123 @@
+"""Language modelling: the MLM head against transformers, BERT's masking statistics, the
+causal loss against transformers' own, and a head-less encoder getting a tied head."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from ftjax.batching import pad_batch  # noqa: E402
+from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
+from ftjax.tasks import TaskError, standalone  # noqa: E402
+from tests.helpers import synthetic  # noqa: E402
+from tests.helpers.tiny import make_checkpoint  # noqa: E402
+from tests.test_model_parity import TOL, max_diff, padded_batch, save_reference  # noqa: E402
+
+BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_mlm_head_matches_transformers(tmp_path, kind):
+    if kind == "bert":
+        config = transformers.BertConfig(**BERT)
+        ref = save_reference(transformers.BertForMaskedLM, config, tmp_path)
+    else:
+        config = transformers.RobertaConfig(**BERT, pad_token_id=1, type_vocab_size=1)
+        ref = save_reference(transformers.RobertaForMaskedLM, config, tmp_path)
+    with torch.no_grad():  # a non-zero output bias, so that it is checked too
+        (ref.cls.predictions if kind == "bert" else ref.lm_head).bias.normal_()
+    ref.save_pretrained(tmp_path)
+    model, params = from_pretrained(tmp_path)
+    assert model.config.with_mlm_head
+    ids, mask = padded_batch(config.vocab_size, pad_id=config.pad_token_id)
+    ours = model.apply({"params": params}, ids, mask).logits
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    assert max_diff(ours, theirs, mask) <= TOL
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    return {f: make_checkpoint(base / f, f) for f in ("bert", "gpt2")}
+
+
+def lm_task(path, **fields):
+    model, params = from_pretrained(path)
+    task = standalone("language_modeling", model, load_tokenizer(path), **fields)
+    return task, params
+
+
+def test_masking_follows_bert(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="ftjax.tasks"):
+        task, _ = lm_task(tiny["bert"], max_length=64)
+    assert "has no masked-LM head; initialising one" in caplog.text
+    rows = synthetic.sentiment_rows(256, 0)
+    import datasets
+
+    examples = task.encode(datasets.Dataset.from_list(rows), "train")
+    batch = pad_batch(examples, np.arange(len(examples)), len(examples), {"source": [64]})
+    ids, real = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]) > 0
+    inputs, picked = task.mask_tokens(ids, real, jax.random.PRNGKey(3))
+    inputs, picked, ids, real = map(np.asarray, (inputs, picked, ids, real))
+    special = np.isin(ids, task.tokenizer.all_special_ids)
+    eligible = real & ~special
+    assert not picked[~eligible].any()  # never [CLS], [SEP] or padding
+    assert (inputs[~picked] == ids[~picked]).all()
+    share = picked.sum() / eligible.sum()
+    assert abs(share - 0.15) < 0.02, share
+    masked = (inputs[picked] == task.tokenizer.mask_token_id).mean()
+    unchanged = (inputs[picked] == ids[picked]).mean()
+    assert abs(masked - 0.8) < 0.05 and abs(unchanged - 0.1) < 0.04, (masked, unchanged)
+    # A different key masks other tokens (dynamic masking).
+    _, again = task.mask_tokens(jnp.asarray(ids), jnp.asarray(real), jax.random.PRNGKey(4))
+    assert (np.asarray(again) != picked).any()
+
+
+def test_tied_head_of_a_headless_encoder(tiny):
+    task, params = lm_task(tiny["bert"])
+    from ftjax.models.hub import complete_params
+
+    params = complete_params(task.model, params)
+    table = params["embeddings"]["word_embeddings"]["embedding"]
+    head = params["mlm_head"]
+    ids = jnp.array([[101, 2204, 3185, 102]])
+    out = task.model.apply({"params": params}, ids, output_hidden_states=True)
+    h = out.last_hidden_state @ head["transform"]["kernel"] + head["transform"]["bias"]
+    h = jax.nn.gelu(h, approximate=False)
+    h = (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-12)
+    h = h * head["norm"]["scale"] + head["norm"]["bias"]
+    np.testing.assert_allclose(out.logits, h @ table.T + head["bias"], atol=1e-4)
+
+
+def test_causal_loss_equals_transformers(tmp_path):
+    config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    ref = save_reference(transformers.GPT2LMHeadModel, config, tmp_path)
+    model, params = from_pretrained(tmp_path)
+    task = standalone("language_modeling", model, None)
+    ids, mask = padded_batch(config.vocab_size)
+    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+             "example_mask": jnp.ones(len(ids))}  # fmt: skip
+    loss, aux = task.loss(params, batch)
+    labels = torch.tensor(np.where(mask > 0, ids, -100))
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=labels)
+    assert abs(float(loss) - float(theirs.loss)) <= TOL
+    assert float(aux["weight"]) == (mask.sum(1) - 1).clip(0).sum()  # next-token pairs
+
+
+def test_objectives_that_do_not_fit_are_refused(tiny):
+    with pytest.raises(TaskError, match="objective='causal' needs a causal decoder"):
+        lm_task(tiny["bert"], objective="causal")
+    with pytest.raises(TaskError, match="objective='masked': GPT2Model has no masked-LM head"):
+        lm_task(tiny["gpt2"], objective="masked")
+    with pytest.raises(TaskError, match="config.task.objective='next'"):
+        lm_task(tiny["gpt2"], objective="next")
