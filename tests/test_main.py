@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ftjax.partition import count, param_table
-from tests.helpers.tiny import make_checkpoint, make_dataset
+from tests.helpers import synthetic
+from tests.helpers.tiny import make_checkpoint, make_dataset, write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +68,49 @@ def test_param_table_counts_by_group():
     assert lines["encoder/layer_0"] == ["15", "3", "14.286%"]
     assert lines["head"] == ["6", "6", "28.571%"]
     assert lines["total"] == ["21", "9", "42.857%"]
+
+
+def run_cli(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize(
+    "config, family, rows, flags",
+    [
+        ("ner", "bert", synthetic.ner_rows,
+         ["--config.train.best_metric=entity_f1"]),
+        ("seq2seq", "t5", synthetic.text_to_text_rows,
+         ["--config.data.label_column=", "--config.data.source_column=source",
+          "--config.data.max_target_length=8", "--config.task.decoding=beam",
+          "--config.task.num_beams=2"]),
+    ],
+    ids=["ner", "seq2seq"],
+)  # fmt: skip
+def test_cli_runs_other_task_kinds_and_evaluate_reproduces(tmp_path, config, family, rows, flags):
+    model = make_checkpoint(tmp_path / "model", family)
+    sizes = {"train": 32, "validation": 16, "test": 16}
+    data = write_splits(tmp_path / "data", synthetic.splits_of(rows, sizes=sizes))
+    workdir = tmp_path / "run"
+    run_cli(
+        "ftjax.main", "--config", f"configs/{config}.py:method=full", "--workdir", str(workdir),
+        f"--config.model.name={model}", f"--config.data.name={data}",
+        "--config.data.batch_size=16", "--config.data.max_length=32", "--config.train.epochs=1",
+        "--config.train.prng_impl=rbg", *flags,
+    )  # fmt: skip
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["task"] == TASK_NAMES[config]
+    proc = run_cli("ftjax.evaluate", "--workdir", str(workdir))
+    assert proc.stdout.startswith("test ")
+    evaluated = json.loads((workdir / "eval.json").read_text())["test"]
+    for metric, value in results["test"].items():
+        if isinstance(value, float):
+            assert evaluated[metric] == value, metric
+
+
+TASK_NAMES = {"ner": "token_classification", "seq2seq": "seq2seq"}
