@@ -211,6 +211,58 @@ def test_ner_labels_the_first_subword_and_maps_predictions_back(tiny_bert):
 # ----------------------------------------------------------------------------- reach
 
 
+@pytest.fixture(scope="module")
+def tiny_decoders(checkpoints):
+    out = {}
+    for family in ("gpt2", "t5"):
+        model, _ = from_pretrained(checkpoints[family])
+        out[family] = (model, load_tokenizer(checkpoints[family]))
+    return out
+
+
+def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
+    model, tokenizer = tiny_decoders["t5"]
+    rows = rows_of(
+        {"source": "good film", "target": "it is good"},
+        {"source": "", "target": "it is bad"},
+        {"source": "bad film", "target": " ".join(["word"] * 12)},
+    )
+    task = standalone("seq2seq", model, tokenizer, label_column="", max_target_length=8)
+    with pytest.raises(DataRowError, match=r"row 1, field 'source': empty or missing source"):
+        task.encode(rows, "train")
+    task = standalone(
+        "seq2seq", model, tokenizer, label_column="", max_target_length=8, on_bad_row="drop"
+    )
+    examples = task.encode(rows, "train")
+    assert list(examples.rows) == [0] and examples.report["dropped"] == {
+        "source: empty or missing source": 1,
+        "target: target has 13 tokens with EOS, over data.max_target_length=8": 1,
+    }
+    # T5: decoder inputs are the targets shifted right behind the start token.
+    target = examples.arrays["labels"][0]
+    assert target[-1] == model.config.eos_token_id
+    assert list(examples.arrays["decoder_input_ids"][0]) == [0, *target[:-1]]
+    # Label words: a label with no word is named.
+    labelled = rows_of({"text": "good film", "label": 1}, {"text": "bad film", "label": 2})
+    task = standalone(
+        "seq2seq", model, tokenizer, source_column="text", label_column="label",
+        label_words=("no", "yes"),
+    )  # fmt: skip
+    with pytest.raises(DataRowError, match=r"row 1, field 'label': label 2 has no word"):
+        task.encode(labelled, "train")
+    # Decoder-only: prompt + target in one row, the loss on the target (and EOS) only;
+    # the prompt alone, padded on the left, is what generation continues.
+    model, tokenizer = tiny_decoders["gpt2"]
+    task = standalone("seq2seq", model, tokenizer, label_column="", max_target_length=8)
+    examples = task.encode(rows_of({"source": "good film", "target": "it is good"}), "train")
+    ids, labels = examples.arrays["input_ids"][0], examples.arrays["labels"][0]
+    prompt = examples.arrays["prompt"][0]
+    counted = labels != -100
+    assert list(ids[: len(prompt)]) == list(prompt) and examples.layout["prompt"].left
+    assert list(labels[len(prompt) - 1 : -1]) == list(ids[len(prompt) :])  # next tokens
+    assert counted.sum() == len(ids) - len(prompt) and ids[-1] == model.config.eos_token_id
+
+
 def test_t5_encoder_classification_with_full_trains_no_decoder_parameter(tmp_path, checkpoints):
     data = write_splits(
         tmp_path / "data",
