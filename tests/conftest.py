@@ -26,3 +26,12 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> None:
 # tested here do not depend on which bits the generator produces, so the suite uses
 # rbg; tests that compare random streams across shardings set the impl themselves.
 jax.config.update("jax_default_prng_impl", "rbg")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """Tiny random checkpoints of each family (MiniLM's tokenizer), one set per module."""
+    from tests.helpers.tiny import make_checkpoint
+
+    base = tmp_path_factory.mktemp("models")
+    return {f: make_checkpoint(base / f, f) for f in ("bert", "gpt2", "t5")}

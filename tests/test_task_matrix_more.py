@@ -1,0 +1,12 @@
+"""Every method of the registry with every task on tiny models (part 2 of 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.runs import check_every_method
+
+
+@pytest.mark.parametrize("config_name", ["sentiment_regression", "qa", "lm"])
+def test_every_method_trains_what_it_says_on_every_task(tmp_path, checkpoints, config_name):
+    check_every_method(tmp_path, checkpoints, config_name)
