@@ -23,7 +23,6 @@ setup(
         "numpy",
         "scipy",  # Pearson / Spearman for regression
         "rouge-score==0.1.2",  # ROUGE-L for generation tasks (Google's reference package)
-
     ],
     extras_require={
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.
