@@ -136,6 +136,9 @@ def base_config(
             "peak_flops": 0.0,
             "max_steps": 0,
             "prng_impl": "threefry2x32",
+            # XLA options for compiling the train and eval steps, "name=value,...", e.g.
+            # "xla_backend_optimization_level=0" (faster compiles, slower steps).
+            "xla_options": "",
         }
     )
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -145,6 +148,31 @@ def base_config(
 
 class ConfigError(ValueError):
     """A config that cannot work; the message names the field."""
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """config.train.xla_options ("name=value,...") as XLA compiler options."""
+    options: dict[str, bool | int | float | str] = {}
+    text = config.train.xla_options.strip()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals or not name.startswith("xla_") or not value:
+            raise ConfigError(
+                f"config.train.xla_options={text!r}: {item!r} is not 'xla_<option>=<value>'"
+            )
+        options[name] = _option_value(value)
+    return options
+
+
+def _option_value(text: str) -> bool | int | float | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None:
@@ -185,6 +213,7 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
             f"config.train.best_metric={t.best_metric!r}: task {task.name} reports "
             f"{', '.join((*task.metrics, 'loss'))}"
         )
+    compiler_options(config)
     if d.on_bad_row not in ("error", "drop"):
         raise ConfigError(f"config.data.on_bad_row={d.on_bad_row!r}: error or drop")
     if config.model.dtype not in ("float32", "bfloat16"):

@@ -341,8 +341,8 @@ def fold_prefix(model: nn.Module, params: dict) -> tuple[nn.Module, dict]:
     root = next(p for p in flat if p.endswith("prefix/embedding"))[: -len("embedding")]
     sub = {p[len(root) :]: v for p, v in flat.items() if p.startswith(root)}
     cfg = model.config
-    sites = sub["output/kernel"].shape[1] // (2 * cfg.num_heads * cfg.head_dim)
-    encoder = layers.PrefixEncoder(peft, sites, cfg.num_heads, cfg.head_dim, cfg.hidden_size)
+    sites = sub["output/kernel"].shape[1] // (2 * cfg.num_kv_heads * cfg.head_dim)
+    encoder = layers.PrefixEncoder(peft, sites, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size)
     key_value = encoder.apply({"params": partition.unflatten(sub)})
     flat = {p: v for p, v in flat.items() if not p.startswith(root)}
     flat[root + "key_value"] = key_value

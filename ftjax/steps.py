@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ftjax import partition, sharding
+from ftjax.config import compiler_options
 from ftjax.experiment import Experiment
 from ftjax.train import TrainState, make_train_step
 
@@ -42,8 +43,11 @@ class Steps:
         self.exp, self.shardings = exp, shardings
         self.accumulate = exp.config.optimizer.grad_accum
         replicated = sharding.replicated(exp.mesh)
+        self.compiler_options = compiler_options(exp.config)
         # Outputs replicated: every process reads whole sums and per-row outputs.
-        self.eval_fn = jax.jit(self._eval_outputs, out_shardings=replicated)
+        self.eval_fn = jax.jit(
+            self._eval_outputs, out_shardings=replicated, compiler_options=self.compiler_options
+        )
         self.compiled: dict[tuple, Any] = {}
         self.flops: dict[tuple, float] = {}
 
@@ -65,7 +69,7 @@ class Steps:
                 out_shardings=(self.shardings, replicated),
                 donate_argnums=0,
             )
-            compiled = fn.lower(state, global_batch, rng).compile()
+            compiled = fn.lower(state, global_batch, rng).compile(self.compiler_options)
             self.compiled[key] = compiled
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost

@@ -1,10 +1,15 @@
 """Shared fixtures: whether a package index answers, probed once per session."""
 
+import os
 import subprocess
 import sys
 
-import jax
-import pytest
+from tests.helpers import xla
+
+os.environ["XLA_FLAGS"] = xla.flags()  # before jax starts its backend (see helpers/xla.py)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +36,15 @@ jax.config.update("jax_default_prng_impl", "rbg")
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict:
     """Tiny random checkpoints of each family (MiniLM's tokenizer), one set per module."""
-    from tests.helpers.tiny import make_checkpoint
+    from tests.helpers.tiny import make_checkpoints
 
-    base = tmp_path_factory.mktemp("models")
-    return {f: make_checkpoint(base / f, f) for f in ("bert", "gpt2", "t5")}
+    return make_checkpoints(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def shallow_checkpoints(tmp_path_factory) -> dict:
+    """As `checkpoints`, one layer per stack: for tests that compile many train steps
+    and run few (compile time grows with depth)."""
+    from tests.helpers.tiny import make_checkpoints
+
+    return make_checkpoints(tmp_path_factory.mktemp("shallow"), num_layers=1)

@@ -8,5 +8,5 @@ from tests.helpers.runs import check_every_method
 
 
 @pytest.mark.parametrize("config_name", ["sentiment", "ner", "seq2seq"])
-def test_every_method_trains_what_it_says_on_every_task(tmp_path, checkpoints, config_name):
-    check_every_method(tmp_path, checkpoints, config_name)
+def test_every_method_trains_what_it_says_on_every_task(tmp_path, shallow_checkpoints, config_name):
+    check_every_method(tmp_path, shallow_checkpoints, config_name)

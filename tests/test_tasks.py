@@ -44,9 +44,9 @@ E2E = [
     ],
 )
 def test_task_trains_end_to_end_well_above_chance(
-    tmp_path, checkpoints, config_name, family, rows, fields, metric, floor
+    tmp_path, shallow_checkpoints, config_name, family, rows, fields, metric, floor
 ):
     data = write_splits(tmp_path / "data", synthetic.splits_of(rows))
-    config = tiny_run_config(config_name, checkpoints[family], data, **fields)
+    config = tiny_run_config(config_name, shallow_checkpoints[family], data, **fields)
     test = run_and_reproduce(config, tmp_path / "run")
     assert test[metric] >= floor, test

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import synthetic
+from tests.helpers import synthetic, xla
 from tests.helpers.runs import (
     GPT2_LABEL_WORDS,
     LABEL_WORDS,
@@ -15,6 +15,8 @@ from tests.helpers.runs import (
 )
 from tests.helpers.tiny import write_splits
 
+# Long runs on a 30,522-word output layer: optimised machine code pays for its compile.
+OPTIMISED = {"train__xla_options": xla.XLA_DEFAULTS}
 E2E = [
     ("seq2seq", "t5", synthetic.sentiment_rows, LABEL_WORDS, "exact_match", 0.85),
     ("seq2seq", "t5", synthetic.text_to_text_rows, SOURCE_TARGET, "exact_match", 0.85),
@@ -35,7 +37,7 @@ def test_task_trains_end_to_end_well_above_chance(
     tmp_path, checkpoints, config_name, family, rows, fields, metric, floor
 ):
     data = write_splits(tmp_path / "data", synthetic.splits_of(rows))
-    config = tiny_run_config(config_name, checkpoints[family], data, **fields)
+    config = tiny_run_config(config_name, checkpoints[family], data, **fields, **OPTIMISED)
     test = run_and_reproduce(config, tmp_path / "run")
     assert test[metric] >= floor, test
 
@@ -44,7 +46,9 @@ def test_task_trains_end_to_end_well_above_chance(
 def test_language_modeling_learns_the_text(tmp_path, checkpoints, family):
     """Causal LM on GPT-2, masked LM on BERT (its MLM head initialised, tied)."""
     data = write_splits(tmp_path / "data", synthetic.splits_of(synthetic.sentiment_rows))
-    config = tiny_run_config("lm", checkpoints[family], data, optimizer__learning_rate=1e-2)
+    config = tiny_run_config(
+        "lm", checkpoints[family], data, optimizer__learning_rate=1e-2, **OPTIMISED
+    )
     test = run_and_reproduce(config, tmp_path / "run")
     # Uniform over the 30,522-token vocabulary would be 30,522; the text uses ~30 words.
     assert test["perplexity"] < 40, test

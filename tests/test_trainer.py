@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from ftjax import checkpoints, loop
-from ftjax.config import ConfigError
+from ftjax.config import ConfigError, compiler_options
 from ftjax.evaluate import evaluate
 from ftjax.experiment import build
 from ftjax.methods import MethodError
 from ftjax.state import initial_state
 from ftjax.steps import Steps
+from tests.helpers import xla
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,7 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 def test_sharded_meshes_match_one_device(tiny):
     """data=8 and data=2,fsdp=2,tensor=2 give one device's losses; params shard by the rules."""
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
-    )
+    env = dict(os.environ, XLA_FLAGS=xla.flags(device_count=8), PYTHONPATH=str(ROOT))
     for method in ("full", "lora"):
         proc = subprocess.run(
             [
@@ -181,6 +180,22 @@ def test_feature_the_model_lacks_is_a_config_error(tiny, tmp_path):
         build(config)
 
 
+def test_xla_options_parse_and_reach_the_compiler(tiny):
+    config = config_for(tiny, xla_options=" xla_backend_optimization_level=0, xla_x=true,")
+    assert compiler_options(config) == {"xla_backend_optimization_level": 0, "xla_x": True}
+    for bad in ("xla_backend_optimization_level", "backend_optimization_level=0", "xla_a="):
+        config.train.xla_options = bad
+        with pytest.raises(ConfigError, match="config.train.xla_options=.*is not 'xla_"):
+            compiler_options(config)
+    # The options reach XLA: it names one it does not know when the train step compiles.
+    config.train.xla_options = "xla_no_such_option=1"
+    exp = build(config)
+    state, shardings = initial_state(exp)
+    batch = next(iter(exp.loader.train_batches(0, 0)))
+    with pytest.raises(Exception, match="No such compile option: 'xla_no_such_option'"):
+        Steps(exp, shardings).train(state, batch, jax.random.PRNGKey(0))
+
+
 def test_batch_not_divisible_by_the_data_axis():
     config = tiny_config(Path("unused"), Path("unused"))
     from ftjax.config import validate
@@ -218,7 +233,8 @@ def test_two_processes_match_one(tiny):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="")
+    # One device per process.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=xla.flags(device_count=1))
     cmd = [sys.executable, "-m", "tests.helpers.multihost", str(tiny[0]), str(tiny[1])]
     procs = [
         subprocess.Popen(

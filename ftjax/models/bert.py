@@ -38,6 +38,10 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> BertConfig:
         position_type = hf.get("position_embedding_type", "absolute")

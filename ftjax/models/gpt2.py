@@ -37,6 +37,10 @@ class GPT2Config:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> GPT2Config:
         if hf.get("scale_attn_by_inverse_layer_idx"):

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.models import rope
 from ftjax.models.base import PeftConfig
 
 Array = jax.Array
@@ -204,10 +205,14 @@ class Attention(nn.Module):
     folds 1/sqrt(head_dim) into its initialisation. `causal=True` adds the causal mask
     itself, and with a mutable "cache" collection reads and extends a key/value cache:
     then `mask` and `bias` span the whole cache ([.., q, cache_length]).
+    `num_kv_heads < num_heads` is grouped-query attention (Ainslie et al. 2023): each key
+    and value head serves `num_heads / num_kv_heads` consecutive query heads; the cache
+    and prefixes hold the key/value heads only.
     """
 
     num_heads: int
     head_dim: int
+    num_kv_heads: int = 0  # 0: as many as query heads
     use_bias: bool = True
     scale: bool = True
     causal: bool = False
@@ -225,23 +230,30 @@ class Attention(nn.Module):
         context: Array | None = None,
         bias: Array | None = None,
         prefix: Array | None = None,
+        rotary: tuple[Array, Array] | None = None,
         deterministic: bool = True,
     ) -> Array:
-        """`prefix` [2, P, heads, head_dim]: keys and values every query may attend to,
-        placed before the real keys (prefix tuning); they carry no position bias."""
+        """`prefix` [2, P, kv_heads, head_dim]: keys and values every query may attend to,
+        placed before the real keys (prefix tuning); they carry no position (bias or
+        rotation). `rotary` (positions [batch, q], inverse frequencies): rotary position
+        embeddings applied to this call's queries and keys (`ftjax.models.rope`)."""
         context = x if context is None else context
         inner = self.num_heads * self.head_dim
+        kv_heads = self.num_kv_heads or self.num_heads
 
         def dense(features: int, axes: tuple[str, str], name: str) -> Dense:
             return Dense(
                 features, axes, self.use_bias, self.dtype, self.kernel_init, self.peft, name=name
             )
 
-        def project(name: str, source: Array) -> Array:
-            out = dense(inner, (EMBED, JOINED_HEADS), name)(source, deterministic)
-            return out.reshape(*source.shape[:-1], self.num_heads, self.head_dim)
+        def project(name: str, source: Array, heads: int) -> Array:
+            out = dense(heads * self.head_dim, (EMBED, JOINED_HEADS), name)(source, deterministic)
+            return out.reshape(*source.shape[:-1], heads, self.head_dim)
 
-        q, k, v = project("query", x), project("key", context), project("value", context)
+        q = project("query", x, self.num_heads)
+        k, v = project("key", context, kv_heads), project("value", context, kv_heads)
+        if rotary is not None:
+            q, k = rope.rotate(q, *rotary), rope.rotate(k, *rotary)
         if self.causal:
             if self.is_mutable_collection("cache"):
                 k, v, visible = self._cached(k, v)
@@ -250,6 +262,8 @@ class Attention(nn.Module):
             mask = visible if mask is None else mask & visible
         if prefix is not None:
             k, v, mask, bias = _prepend_prefix(prefix.astype(self.dtype), k, v, mask, bias)
+        if kv_heads != self.num_heads:
+            k, v = (jnp.repeat(t, self.num_heads // kv_heads, axis=2) for t in (k, v))
         if self.scale:
             q = q * jnp.asarray(self.head_dim**-0.5, q.dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -409,16 +423,21 @@ def prefixes(peft: PeftConfig, sites: int, num_heads: int, head_dim: int, embed_
 
 
 def layer_stack(
-    layer: type[nn.Module], config: Any, x: Array, mask: Array, deterministic: bool
+    layer: type[nn.Module],
+    config: Any,
+    x: Array,
+    mask: Array,
+    deterministic: bool,
+    **layer_inputs: Any,
 ) -> list[Array]:
-    """Runs `config.num_layers` layers named layer_i (each with its prefix, if any) inside
-    the calling module; returns the input and every layer's output."""
+    """Runs `config.num_layers` layers named layer_i (each with its prefix, if any, and
+    `layer_inputs`) inside the calling module; returns the input and every layer's output."""
     prefix = prefixes(
-        config.peft, config.num_layers, config.num_heads, config.head_dim, config.hidden_size
+        config.peft, config.num_layers, config.num_kv_heads, config.head_dim, config.hidden_size
     )
     states = [x]
     for i in range(config.num_layers):
-        x = layer(config, name=f"layer_{i}")(x, mask, prefix[i], deterministic)
+        x = layer(config, name=f"layer_{i}")(x, mask, prefix[i], deterministic, **layer_inputs)
         states.append(x)
     return states
 

@@ -44,6 +44,10 @@ class T5Config:
     dtype: str = "float32"
     peft: PeftConfig = PeftConfig()
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> T5Config:
         proj = hf.get("feed_forward_proj", "relu")

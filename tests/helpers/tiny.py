@@ -32,6 +32,7 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 PAD, CLS, SEP = 0, 101, 102
+
 WIDTH = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
 
 
@@ -53,19 +54,23 @@ def tiny_model(family: str = "bert", **overrides):
     if family == "t5":
         return T5Model(
             T5Config(
-                vocab_size=30522,
-                hidden_size=16,
-                head_dim=8,
-                intermediate_size=32,
-                num_layers=2,
-                num_decoder_layers=2,
-                num_heads=2,
-                relative_buckets=8,
-                relative_max_distance=32,
-                pad_token_id=PAD,
-                eos_token_id=SEP,
-                decoder_start_token_id=PAD,
-                **overrides,
+                **{
+                    **dict(
+                        vocab_size=30522,
+                        hidden_size=16,
+                        head_dim=8,
+                        intermediate_size=32,
+                        num_layers=2,
+                        num_decoder_layers=2,
+                        num_heads=2,
+                        relative_buckets=8,
+                        relative_max_distance=32,
+                        pad_token_id=PAD,
+                        eos_token_id=SEP,
+                        decoder_start_token_id=PAD,
+                    ),
+                    **overrides,
+                }
             )
         )
     raise ValueError(family)
@@ -78,6 +83,17 @@ def make_checkpoint(directory: Path, family: str = "bert", seed: int = 0, **over
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, directory / name)
     return directory
+
+
+def make_checkpoints(directory: Path, num_layers: int = 2) -> dict[str, Path]:
+    """One tiny checkpoint per family, each stack `num_layers` deep."""
+    depth = {"t5": {"num_layers": num_layers, "num_decoder_layers": num_layers}}
+    return {
+        family: make_checkpoint(
+            directory / family, family, **depth.get(family, {"num_layers": num_layers})
+        )
+        for family in ("bert", "gpt2", "t5")
+    }
 
 
 def write_splits(directory: Path, splits: dict[str, list[dict]]) -> Path:

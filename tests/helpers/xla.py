@@ -1,0 +1,29 @@
+"""XLA settings for the test suite.
+
+Most of the suite's time is XLA compiling small steps (3-6 s each on this CPU), not
+running them. LLVM's optimisation passes are most of that and buy little for tiny
+graphs: without them a tiny train step compiles in about half the time. The HLO, and so
+every invariant tested (parity with PyTorch within tolerance, bit-identical resumes and
+shardings within one setting), is unchanged; only the machine code is less optimised.
+The few tests that run long put XLA's defaults back for their steps with
+`config.train.xla_options = XLA_DEFAULTS`. Production runs keep XLA's defaults.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEVICE_COUNT = "--xla_force_host_platform_device_count"
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# XLA's own defaults (xla/debug_options_flags.cc), as config.train.xla_options.
+XLA_DEFAULTS = "xla_backend_optimization_level=3,xla_llvm_disable_expensive_passes=false"
+
+
+def flags(device_count: int | None = None) -> str:
+    """XLA_FLAGS for a test process: the inherited flags plus fast compilation; with
+    `device_count`, that many simulated CPU devices instead of any inherited count."""
+    wanted = [*os.environ.get("XLA_FLAGS", "").split(), *FAST_COMPILE]
+    if device_count is not None:
+        wanted = [f for f in wanted if not f.startswith(DEVICE_COUNT)]
+        wanted.append(f"{DEVICE_COUNT}={device_count}")
+    return " ".join(dict.fromkeys(wanted))
