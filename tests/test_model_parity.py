@@ -51,6 +51,21 @@ def save_reference(model_cls, config, path):
     return model
 
 
+def load_save_load_bit_exact(source, out) -> dict:
+    """Loads `source`, saves it to `out`, loads that: same config, bit-identical params."""
+    from flax import traverse_util
+
+    model, params = from_pretrained(source)
+    save_pretrained(model, params, out)
+    model2, params2 = from_pretrained(out)
+    assert model2.config == model.config
+    flat, flat2 = (traverse_util.flatten_dict(p, sep="/") for p in (params, params2))
+    assert flat.keys() == flat2.keys()
+    for key in flat:
+        assert np.array_equal(np.asarray(flat[key]), np.asarray(flat2[key])), key
+    return params
+
+
 BERT = dict(
     vocab_size=99,
     hidden_size=32,
@@ -207,21 +222,11 @@ def test_t5_cross_attention_reads_the_source(tmp_path):
     ids=["bert", "gpt2", "t5", "t5-v1.1"],
 )
 def test_save_load_roundtrip_is_bit_exact_and_loads_in_transformers(tmp_path, model_cls, config):
-    from flax import traverse_util
-
     ref_cls = getattr(transformers, model_cls)
     ref = save_reference(ref_cls, config, tmp_path / "hf")
-    model, params = from_pretrained(tmp_path / "hf")
+    params = load_save_load_bit_exact(tmp_path / "hf", tmp_path / "ours")
     if "T5" in model_cls:
         assert ("lm_head" in params) == (not config.scale_decoder_outputs)
-    save_pretrained(model, params, tmp_path / "ours")
-    model2, params2 = from_pretrained(tmp_path / "ours")
-    assert model2.config == model.config
-    flat, flat2 = (traverse_util.flatten_dict(p, sep="/") for p in (params, params2))
-    assert flat.keys() == flat2.keys()
-    for key in flat:
-        assert np.array_equal(np.asarray(flat[key]), np.asarray(flat2[key])), key
-
     reloaded = ref_cls.from_pretrained(tmp_path / "ours").eval()
     if "T5" in model_cls:
         assert reloaded.config.scale_decoder_outputs == ref.config.scale_decoder_outputs

@@ -11,6 +11,7 @@ from ftjax.models.hub import (
     param_axes,
     save_pretrained,
 )
+from ftjax.models.llama import LlamaConfig, LlamaModel
 from ftjax.models.t5 import T5Config, T5Model
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "CheckpointError",
     "GPT2Config",
     "GPT2Model",
+    "LlamaConfig",
+    "LlamaModel",
     "ModelOutput",
     "T5Config",
     "T5Model",

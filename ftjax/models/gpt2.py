@@ -169,10 +169,9 @@ class GPT2Model(nn.Module):
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        if position_ids is None:
-            if decode:
-                raise ValueError("GPT2Model: decoding with a cache needs position_ids")
-            position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        position_ids = layers.real_token_positions(
+            attention_mask, position_ids, decode, "GPT2Model"
+        )
         wte = layers.Embed(
             cfg.vocab_size,
             cfg.hidden_size,

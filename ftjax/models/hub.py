@@ -27,14 +27,14 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax import sources
-from ftjax.models import bert, gpt2, t5
+from ftjax.models import bert, gpt2, llama, t5
 from ftjax.models.base import Family, TensorMap
 
 log = logging.getLogger("ftjax.models")
 
 FAMILIES: dict[str, Family] = {
     model_type: family
-    for family in (bert.FAMILY, gpt2.FAMILY, t5.FAMILY)
+    for family in (bert.FAMILY, gpt2.FAMILY, llama.FAMILY, t5.FAMILY)
     for model_type in family.model_types
 }
 Params = dict[str, Any]

@@ -192,6 +192,19 @@ def padding_mask(query_valid: Array | None, key_valid: Array) -> Array:
     return mask
 
 
+def real_token_positions(
+    attention_mask: Array, position_ids: Array | None, decode: str, model: str
+) -> Array:
+    """Each token's index among the real tokens of its row, unless given: left padding
+    (and a prompt or prefix) leaves the real tokens' positions unchanged; for right-padded
+    rows this is Hugging Face's default `arange`. Decoding with a cache must give them."""
+    if position_ids is not None:
+        return position_ids
+    if decode:
+        raise ValueError(f"{model}: decoding with a cache needs position_ids")
+    return jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+
+
 def causal_mask(length: int) -> Array:
     """[1, 1, length, length] lower-triangular boolean mask."""
     return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
