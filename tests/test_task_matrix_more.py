@@ -10,3 +10,10 @@ from tests.helpers.runs import check_every_method
 @pytest.mark.parametrize("config_name", ["sentiment_regression", "qa", "lm"])
 def test_every_method_trains_what_it_says_on_every_task(tmp_path, shallow_checkpoints, config_name):
     check_every_method(tmp_path, shallow_checkpoints, config_name)
+
+
+@pytest.mark.parametrize("config_name", ["sentiment"])
+def test_every_method_trains_what_it_says_on_a_tiny_llama(
+    tmp_path, shallow_checkpoints, config_name
+):
+    check_every_method(tmp_path, shallow_checkpoints, config_name, family="llama")

@@ -19,6 +19,8 @@ from ftjax.models import (
     BertModel,
     GPT2Config,
     GPT2Model,
+    LlamaConfig,
+    LlamaModel,
     T5Config,
     T5Model,
     init_params,
@@ -48,6 +50,19 @@ def tiny_model(family: str = "bert", **overrides):
                 max_position_embeddings=128,
                 bos_token_id=CLS,
                 eos_token_id=SEP,
+                **{**WIDTH, **overrides},
+            )
+        )
+    if family == "llama":  # grouped-query: two query heads share one key/value head
+        return LlamaModel(
+            LlamaConfig(
+                vocab_size=30522,
+                max_position_embeddings=128,
+                num_kv_heads=1,
+                head_dim=8,
+                bos_token_id=CLS,
+                eos_token_id=SEP,
+                pad_token_id=PAD,
                 **{**WIDTH, **overrides},
             )
         )
@@ -92,7 +107,7 @@ def make_checkpoints(directory: Path, num_layers: int = 2) -> dict[str, Path]:
         family: make_checkpoint(
             directory / family, family, **depth.get(family, {"num_layers": num_layers})
         )
-        for family in ("bert", "gpt2", "t5")
+        for family in ("bert", "gpt2", "llama", "t5")
     }
 
 
