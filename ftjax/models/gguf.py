@@ -1,0 +1,175 @@
+"""GGUF checkpoints (llama.cpp's single-file format), read with the `gguf` package.
+
+`read(path)` returns what a Hugging Face folder would hold: a config.json dict and
+float32 tensors under transformers' names, so the family's one tensor table loads them.
+Quantised tensors are dequantised to float32. llama.cpp's converter permutes the rows of
+the query and key projections (it pairs rotary dimensions i, i+1; transformers pairs i,
+i + head_dim/2); `read` undoes that, per query head for Q and per key/value head for K.
+The tokenizer is in the file's metadata: `hub.load_tokenizer` hands the file to
+transformers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUFFIX = ".gguf"
+
+# llama.cpp tensor names -> transformers' LlamaForCausalLM names ({} = layer index).
+_LLAMA_GLOBAL = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_LLAMA_LAYER = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Recomputed from the config by ftjax (llama3 RoPE frequencies), not parameters.
+_DERIVED = {"rope_freqs"}
+
+
+class GGUFError(ValueError):
+    """A GGUF file ftjax cannot read; the message names the file and what is wrong."""
+
+
+def find(folder: Path) -> Path | None:
+    """The one .gguf file of a folder without config.json (an asset or a download)."""
+    if (folder / "config.json").is_file():
+        return None
+    files = sorted(folder.glob(f"*{SUFFIX}"))
+    if len(files) > 1:
+        raise GGUFError(
+            f"{folder} holds several GGUF files ({', '.join(f.name for f in files)}): "
+            "name the one to load"
+        )
+    return files[0] if files else None
+
+
+def _reader(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure means the same to a user
+        raise GGUFError(
+            f"{path} is not a readable GGUF file (truncated, corrupt, or a tensor type this "
+            f"gguf package does not know): {err}"
+        ) from err
+
+
+def _field(reader, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value
+
+
+def config(path: Path, reader=None) -> dict[str, Any]:
+    """The transformers config.json dict of a GGUF file's model."""
+    reader = reader or _reader(path)
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise GGUFError(f"{path}: general.architecture={arch!r} is not supported (llama)")
+
+    def need(key: str) -> Any:
+        value = _field(reader, f"llama.{key}")
+        if value is None:
+            raise GGUFError(f"{path}: metadata key llama.{key} is missing")
+        return value
+
+    heads = int(need("attention.head_count"))
+    hidden = int(need("embedding_length"))
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    vocab = _field(reader, "llama.vocab_size") or (len(tokens) if tokens else None)
+    scaling = _field(reader, "llama.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise GGUFError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
+    names = {t.name for t in reader.tensors}
+    hf = {
+        "model_type": "llama",
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "num_hidden_layers": int(need("block_count")),
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(_field(reader, "llama.attention.head_count_kv", heads)),
+        "head_dim": int(_field(reader, "llama.rope.dimension_count", hidden // heads)),
+        "max_position_embeddings": int(_field(reader, "llama.context_length", 2048)),
+        "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    if scaling == "linear":
+        factor = float(need("rope.scaling.factor"))
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": factor}
+    return hf
+
+
+def _hf_name(name: str) -> str | None:
+    """transformers' name of a llama.cpp tensor name, None for derived tensors."""
+    stem, _, kind = name.rpartition(".")
+    if stem in _DERIVED:
+        return None
+    if stem in _LLAMA_GLOBAL:
+        return f"{_LLAMA_GLOBAL[stem]}.{kind}"
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
+    if match and match.group(2) in _LLAMA_LAYER:
+        return f"model.layers.{match.group(1)}.{_LLAMA_LAYER[match.group(2)]}.{kind}"
+    raise GGUFError(f"GGUF tensor {name!r} has no transformers counterpart ftjax knows")
+
+
+def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's per-head interleaving of rotary halves along the output rows."""
+    half = rows.shape[0] // heads // 2
+    return rows.reshape(heads, half, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _dequantise(path: Path, tensor) -> np.ndarray:
+    from gguf import quants
+
+    try:
+        values = quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError as err:
+        raise GGUFError(
+            f"{path}: tensor {tensor.name!r} has quantisation type {tensor.tensor_type.name}, "
+            "which ftjax cannot dequantise"
+        ) from err
+    # GGUF lists dimensions innermost first; transformers' layout is the reverse.
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    return np.asarray(values, np.float32).reshape(shape)
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(config.json dict, {transformers tensor name: float32 array}) of a GGUF file."""
+    path = Path(path)
+    reader = _reader(path)
+    hf = config(path, reader)
+    tensors: dict[str, np.ndarray] = {}
+    for tensor in reader.tensors:
+        name = _hf_name(tensor.name)
+        if name is None:
+            continue
+        array = _dequantise(path, tensor)
+        if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
+            array = _unpermute(array, hf["num_attention_heads"])
+        elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
+            array = _unpermute(array, hf["num_key_value_heads"])
+        tensors[name] = array
+    return hf, tensors
