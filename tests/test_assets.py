@@ -114,9 +114,9 @@ def no_pip(monkeypatch):
 
 
 def test_asset_names():
-    assert assets.asset_names("model") == {"minilm"}
+    assert assets.asset_names("model") == {"minilm", "smollm2"}
     assert assets.asset_names("dataset") == DATASETS
-    assert assets.asset_names() == DATASETS | {"minilm"}
+    assert assets.asset_names() == DATASETS | {"minilm", "smollm2"}
     with pytest.raises(ValueError, match="kind"):
         assets.asset_names("tokenizer")  # type: ignore[arg-type]
 
