@@ -65,7 +65,8 @@ AssetKind = Literal["model", "dataset"]
 
 SEED = 0
 # Bump when the unpacked or converted output changes, so older cache entries are rebuilt.
-FORMAT = 1
+# 2: bbc_news rows gain `title` and `body` (headline generation).
+FORMAT = 2
 MANIFEST = ".ftjax-manifest.json"
 SPLIT_RULE = (
     "rows in source order permuted by numpy.random.default_rng(seed).permutation(n); "
@@ -644,8 +645,21 @@ def _convert_bbc_news(asset: Asset, raw: Path) -> tuple[list[dict], dict]:
         # One article (sports/199.txt) is Windows-1252, the rest UTF-8.
         text = _read_text(p, ("utf-8", "cp1252")).strip()
         rel = p.relative_to(raw).with_suffix("").as_posix()
+        title, blank, body = text.split("\n", 2) if text.count("\n") >= 2 else (text, "x", "")
+        if blank.strip() or not title.strip() or not body.strip():
+            raise AssetError(
+                f"asset {asset.name!r}: {rel}.txt is not 'title line, blank line, body': "
+                f"{text[:80]!r}"
+            )
         rows.append(
-            {"id": rel, "text": text, "label": topics.index(p.parent.name), "topic": p.parent.name}
+            {
+                "id": rel,
+                "text": text,
+                "label": topics.index(p.parent.name),
+                "topic": p.parent.name,
+                "title": title.strip(),
+                "body": body.strip(),
+            }
         )
     info = {
         "task": "classification",
@@ -654,6 +668,8 @@ def _convert_bbc_news(asset: Asset, raw: Path) -> tuple[list[dict], dict]:
             "text": "str, title line, blank line, article body",
             "label": "int, index into label_names",
             "topic": "str, the topic name",
+            "title": "str, the title line of text (headline generation: body -> title)",
+            "body": "str, text after the title line and the blank line",
         },
         "text_column": "text",
         "label_column": "label",

@@ -1,11 +1,15 @@
-"""Evaluate a trained workdir on its test split or on another dataset of the same task.
+"""Evaluate a trained workdir on its test split or on another dataset of the same task;
+or, given a config, the pretrained model as it is (zero-shot).
 
     python -m ftjax.evaluate --workdir runs/x [--data FILE_OR_NAME] [--step latest|best|N]
+    python -m ftjax.evaluate --config configs/headlines.py:model=smollm2 --workdir runs/zero
 
 `--data` takes a dataset asset name, a local directory or file (jsonl/csv/parquet with
 the config's text and label columns) or a hub id; its `test` split is used when it has
-one, otherwise its only split. Prints the metrics and writes them to
-WORKDIR/eval[_NAME].json.
+one, otherwise its only split. With `--config` nothing is trained or restored: the
+checkpoint's weights plus the method's fresh parameters are evaluated (LoRA starts as
+the identity, so method=lora is the pretrained model itself), and only the test split is
+read. Prints the metrics and writes them to WORKDIR/eval[_NAME].json.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
 WORKDIR = flags.DEFINE_string("workdir", None, "a workdir written by ftjax.main", required=True)
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "evaluate this config's model untrained (zero-shot), not a checkpoint"
+)
 DATA = flags.DEFINE_string("data", None, "dataset to evaluate on (default: the run's test split)")
 STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step number")
 
 
 def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
     from ftjax import checkpoints, experiment, loop, state, steps
-    from ftjax.loop import to_plain
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -41,15 +48,32 @@ def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest")
     if meta["frozen_hash"] != exp.frozen_hash:
         raise checkpoints.ResumeError(f"{workdir}: the frozen params differ from training's")
     metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
-    result = {
-        "workdir": str(workdir),
-        "step": chosen,
-        "data": data or config.data.name,
-        "test": metrics,
-    }
+    mngr.close()
+    return _write(workdir, data, {"step": chosen, "data": data or config.data.name}, metrics)
+
+
+def evaluate_untrained(
+    config: ml_collections.ConfigDict, workdir: str | Path, data: str | None = None
+) -> dict:
+    """Test metrics of `config`'s model with nothing trained (step 0), written to
+    WORKDIR/eval[_NAME].json beside the config."""
+    from ftjax import experiment, loop, state, steps
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = experiment.build(config, data_override=data or config.data.name)
+    loop.save_config(config, workdir)
+    initial, shardings = state.initial_state(exp)
+    metrics = steps.Steps(exp, shardings).evaluate(initial, "test")
+    return _write(workdir, data, {"step": 0, "data": data or config.data.name}, metrics)
+
+
+def _write(workdir: Path, data: str | None, where: dict, metrics: dict) -> dict:
+    from ftjax.loop import to_plain
+
+    result = {"workdir": str(workdir), **where, "test": metrics}
     name = "eval.json" if data is None else f"eval_{Path(data).stem}.json"
     (workdir / name).write_text(json.dumps(result, indent=2, default=to_plain) + "\n")
-    mngr.close()
     return result
 
 
@@ -57,7 +81,10 @@ def main(argv: list[str]) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.basicConfig(level=logging.WARNING)
-    result = evaluate(WORKDIR.value, DATA.value, STEP.value)
+    if CONFIG.value is not None:
+        result = evaluate_untrained(CONFIG.value, WORKDIR.value, DATA.value)
+    else:
+        result = evaluate(WORKDIR.value, DATA.value, STEP.value)
     from ftjax.loop import format_metrics
 
     print(f"test {format_metrics(result['test'])} (step {result['step']}, data {result['data']})")

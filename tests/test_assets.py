@@ -351,8 +351,12 @@ def test_bbc_news_rows():
         for row in read_jsonl(entry / f"{split}.jsonl"):
             assert row["label"] == topics.index(row["topic"]) and row["id"].startswith(row["topic"])
             counts[row["topic"]] += 1
+            assert row["text"] == f"{row['title']}\n\n{row['body']}"
+            assert "\n" not in row["title"] and row["body"] == row["body"].strip()
             if row["id"] == "sports/199":  # the one Windows-1252 file
                 assert "£15.8m" in row["text"]
+            if row["id"] == "business/001":
+                assert row["title"] == "Ad sales boost Time Warner profit"
     assert counts == {
         "business": 510,
         "entertainment": 386,

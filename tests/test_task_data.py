@@ -106,7 +106,7 @@ def test_ner_labels_the_first_subword_and_maps_predictions_back(tiny_bert):
 @pytest.fixture(scope="module")
 def tiny_decoders(checkpoints):
     out = {}
-    for family in ("gpt2", "t5"):
+    for family in ("gpt2", "t5", "llama"):
         model, _ = from_pretrained(checkpoints[family])
         out[family] = (model, load_tokenizer(checkpoints[family]))
     return out
@@ -153,6 +153,47 @@ def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
     assert list(ids[: len(prompt)]) == list(prompt) and examples.layout["prompt"].left
     assert list(labels[len(prompt) - 1 : -1]) == list(ids[len(prompt) :])  # next tokens
     assert counted.sum() == len(ids) - len(prompt) and ids[-1] == model.config.eos_token_id
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_seq2seq_chat_prompts_follow_the_tokenizers_template(tiny_decoders):
+    model, tokenizer = tiny_decoders["llama"]
+    rows = rows_of(
+        {"source": "good film", "target": "yes"},
+        {"source": " ".join(["long"] * 80), "target": "no"},
+    )
+    options = dict(label_column="", max_length=40, prompt_format="chat")
+    with pytest.raises(TaskError, match=r"prompt_format='chat': the tokenizer .* no chat"):
+        standalone("seq2seq", model, tokenizer, **options).encode(rows, "train")
+    tokenizer.chat_template = CHATML
+    try:
+        task = standalone("seq2seq", model, tokenizer, source_prefix="Judge: ", **options)
+        examples = task.encode(rows, "train")
+        expected = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Judge: good film"}],
+            add_generation_prompt=True,
+            return_dict=True,
+        )["input_ids"]
+        assert list(examples.arrays["prompt"][0]) == list(expected)
+        # A long source is cut inside the user's turn; the turn markers stay whole.
+        def ids(text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        cut = list(examples.arrays["prompt"][1])
+        assert len(cut) == 40 and examples.report["truncated"] == 1
+        head = ids("<|im_start|>user\nJudge: long")
+        tail = ids("long<|im_end|>\n<|im_start|>assistant\n")
+        assert cut[: len(head)] == head and cut[-len(tail) :] == tail
+        t5_model, t5_tokenizer = tiny_decoders["t5"]
+        with pytest.raises(TaskError, match=r"prompt_format='chat' is for decoder-only"):
+            standalone("seq2seq", t5_model, t5_tokenizer, **options)
+    finally:
+        tokenizer.chat_template = None
 
 
 def test_t5_encoder_classification_with_full_trains_no_decoder_parameter(tmp_path, checkpoints):

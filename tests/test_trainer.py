@@ -18,7 +18,7 @@ import pytest
 
 from ftjax import checkpoints, loop
 from ftjax.config import ConfigError, compiler_options
-from ftjax.evaluate import evaluate
+from ftjax.evaluate import evaluate, evaluate_untrained
 from ftjax.experiment import build
 from ftjax.methods import MethodError
 from ftjax.state import initial_state
@@ -109,6 +109,21 @@ def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
 
     again = evaluate(workdir)  # ftjax.evaluate reproduces the printed test metric
     assert again["test"] == straight["test"]
+
+
+def test_untrained_evaluation_reads_only_the_test_split(tiny, tmp_path):
+    """Zero-shot evaluation equals testing a full run's initial state, without a train split."""
+    config = config_for(tiny, epochs=1)
+    exp = build(config)
+    state, shardings = initial_state(exp)
+    learnt_nothing = Steps(exp, shardings).evaluate(state, "test")
+    test_only = tmp_path / "test_only"
+    test_only.mkdir()
+    shutil.copy(Path(tiny[1]) / "test.jsonl", test_only)
+    config.data.name = str(test_only)
+    untrained = evaluate_untrained(config, tmp_path / "zero")
+    assert untrained["step"] == 0 and untrained["test"] == learnt_nothing
+    assert json.loads((tmp_path / "zero" / "eval.json").read_text())["test"] == learnt_nothing
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):

@@ -34,6 +34,10 @@ class TextToText(Task):
     task_defaults = {
         "source_prefix": "",  # prepended to every source (T5's "summarize: ")
         "separator": "\n",  # decoder-only: between the source and the target
+        # decoder-only: "plain" (source_prefix + source + separator) or "chat" (the
+        # tokenizer's chat template: source_prefix + source as the user's turn, then the
+        # assistant's turn opened; the target is the reply and ends with the model's EOS)
+        "prompt_format": "plain",
         "label_words": (),  # classification as text: the word of each label
         "decoding": "greedy",  # greedy | beam | sample
         "num_beams": 4,
@@ -69,6 +73,12 @@ class TextToText(Task):
             raise TaskError(
                 f"task seq2seq needs a decoder: {type(self.model).__name__} is an encoder "
                 "(use T5 or a decoder-only model)"
+            )
+        if self.encoder_decoder and self.config.task.prompt_format != "plain":
+            raise TaskError(
+                f"config.task.prompt_format={self.config.task.prompt_format!r} is for "
+                f"decoder-only models; {type(self.model).__name__} reads the source with its "
+                "encoder (use 'plain' and config.task.source_prefix)"
             )
 
     @property
@@ -165,23 +175,56 @@ class TextToText(Task):
         return sources, targets
 
     def _sources(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Token ids of the sources cut to data.max_length, keeping what must end them
-        (T5's EOS; a decoder prompt's separator); and which ones were cut."""
+        """Token ids of the sources cut to data.max_length, keeping what frames them
+        (T5's EOS; a decoder prompt's separator or chat turns); and which ones were cut."""
         limit, tokenizer = self.config.data.max_length, self.tokenizer
         if self.encoder_decoder:
             ids = tokenizer(texts, verbose=False)["input_ids"]
-            tail = [x[-1:] if x and x[-1] in tokenizer.all_special_ids else [] for x in ids]
+            tails = [x[-1:] if x and x[-1] in tokenizer.all_special_ids else [] for x in ids]
+            bodies = [x[: len(x) - len(t)] for x, t in zip(ids, tails, strict=True)]
+            heads = [[]] * len(ids)
         else:
-            ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-            separator = tokenizer(self.config.task.separator, add_special_tokens=False)
-            tail = [separator["input_ids"]] * len(ids)
-            ids = [[*x, *sep] for x, sep in zip(ids, tail, strict=True)]
-        cut = np.array([len(x) > limit for x in ids])
-        out = [
-            np.asarray(x[: limit - len(end)] + end if long else x, np.int32)
-            for x, end, long in zip(ids, tail, cut, strict=True)
-        ]
-        return out, cut
+            head, tail = self._prompt_frame()
+            bodies = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            heads, tails = [head] * len(bodies), [tail] * len(bodies)
+        out, cut = [], []
+        for head, body, tail in zip(heads, bodies, tails, strict=True):
+            room = limit - len(head) - len(tail)
+            if room < 1:
+                raise TaskError(
+                    f"config.data.max_length={limit} leaves no room for the source: the "
+                    f"prompt frame alone takes {len(head) + len(tail)} tokens"
+                )
+            cut.append(len(body) > room)
+            out.append(np.asarray([*head, *body[:room], *tail], np.int32))
+        return out, np.array(cut, bool)
+
+    def _prompt_frame(self) -> tuple[list[int], list[int]]:
+        """Token ids before and after a decoder prompt's source text."""
+        t, tokenizer = self.config.task, self.tokenizer
+        if t.prompt_format == "plain":
+            return [], tokenizer(t.separator, add_special_tokens=False)["input_ids"]
+        if t.prompt_format != "chat":
+            raise TaskError(f"config.task.prompt_format={t.prompt_format!r}: use plain or chat")
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskError(
+                f"config.task.prompt_format='chat': the tokenizer of {self.config.model.name} "
+                "has no chat template; use prompt_format='plain'"
+            )
+        # The template rendered around a marker: the text before it opens the user's turn,
+        # the text after closes it and opens the assistant's (the generation prompt).
+        marker = "\x00source\x00"
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+        )
+        if rendered.count(marker) != 1:
+            raise TaskError(
+                f"the chat template of {self.config.model.name} does not show the user's "
+                "message verbatim once; use config.task.prompt_format='plain'"
+            )
+        before, after = rendered.split(marker)
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return encode(before), encode(after)
 
     # ------------------------------------------------------------------ device
 
