@@ -1,5 +1,6 @@
 """The bundled SmolLM2-135M-Instruct (GGUF, Q4_1) against transformers loading the same
-file: logits of a padded batch within 1e-4, greedy continuations token for token."""
+file: bit-identical weights, logits of a padded batch within 3e-4, greedy and beam
+continuations token for token; saved in the HF layout, transformers loads it back."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 
 from ftjax import assets, generation  # noqa: E402
-from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
+from ftjax.models import from_pretrained, load_tokenizer, save_pretrained  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "Hello"]
 NEW = 8
@@ -71,20 +72,37 @@ def test_logits_match_transformers_on_a_padded_batch(smollm2):
     assert np.abs(ours[real] - theirs[real]).max() <= LOGIT_TOL
 
 
-def test_greedy_continuations_match_transformers_generate(smollm2):
+@pytest.mark.parametrize("beams", [1, 3], ids=["greedy", "beam3"])
+def test_continuations_match_transformers_generate(smollm2, beams):
     model, params, tokenizer, reference = smollm2
     ids, mask = encode(tokenizer, "left")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    options = {"strategy": "beam", "num_beams": beams} if beams > 1 else {}
     run = jax.jit(
         functools.partial(
-            generation.generate, model, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad
+            generation.generate, model, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad,
+            **options,
         )
-    )
+    )  # fmt: skip
     ours = np.asarray(run(params, ids, mask))
     with torch.no_grad():
         theirs = reference.generate(
             input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW,
-            do_sample=False, eos_token_id=eos, pad_token_id=pad,
+            do_sample=False, num_beams=beams, early_stopping=False, eos_token_id=eos,
+            pad_token_id=pad,
         ).numpy()[:, ids.shape[1]:]  # fmt: skip
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
     assert tokenizer.decode(ours[0]).startswith(" Paris")
+
+
+def test_saved_folder_loads_in_transformers(smollm2, tmp_path):
+    model, params, tokenizer, reference = smollm2
+    save_pretrained(model, params, tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    theirs, ours = reference.state_dict(), loaded.state_dict()
+    assert theirs.keys() == ours.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert again(PROMPTS)["input_ids"] == tokenizer(PROMPTS)["input_ids"]

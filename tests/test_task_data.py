@@ -180,6 +180,7 @@ def test_seq2seq_chat_prompts_follow_the_tokenizers_template(tiny_decoders):
             return_dict=True,
         )["input_ids"]
         assert list(examples.arrays["prompt"][0]) == list(expected)
+
         # A long source is cut inside the user's turn; the turn markers stay whole.
         def ids(text):
             return tokenizer(text, add_special_tokens=False)["input_ids"]
