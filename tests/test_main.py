@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ftjax.partition import count, param_table
 from tests.helpers import synthetic
@@ -80,31 +79,19 @@ def run_cli(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize(
-    "config, family, rows, flags",
-    [
-        ("ner", "bert", synthetic.ner_rows,
-         ["--config.train.best_metric=entity_f1"]),
-        ("seq2seq", "t5", synthetic.text_to_text_rows,
-         ["--config.data.label_column=", "--config.data.source_column=source",
-          "--config.data.max_target_length=8", "--config.task.decoding=beam",
-          "--config.task.num_beams=2"]),
-    ],
-    ids=["ner", "seq2seq"],
-)  # fmt: skip
-def test_cli_runs_other_task_kinds_and_evaluate_reproduces(tmp_path, config, family, rows, flags):
-    model = make_checkpoint(tmp_path / "model", family)
+def test_cli_runs_ner_and_evaluate_reproduces(tmp_path):
+    model = make_checkpoint(tmp_path / "model", "bert")
     sizes = {"train": 32, "validation": 16, "test": 16}
-    data = write_splits(tmp_path / "data", synthetic.splits_of(rows, sizes=sizes))
+    data = write_splits(tmp_path / "data", synthetic.splits_of(synthetic.ner_rows, sizes=sizes))
     workdir = tmp_path / "run"
     run_cli(
-        "ftjax.main", "--config", f"configs/{config}.py:method=full", "--workdir", str(workdir),
+        "ftjax.main", "--config", "configs/ner.py:method=full", "--workdir", str(workdir),
         f"--config.model.name={model}", f"--config.data.name={data}",
         "--config.data.batch_size=16", "--config.data.max_length=32", "--config.train.epochs=1",
-        "--config.train.prng_impl=rbg", *flags,
+        "--config.train.prng_impl=rbg", "--config.train.best_metric=entity_f1",
     )  # fmt: skip
     results = json.loads((workdir / "results.json").read_text())
-    assert results["task"] == TASK_NAMES[config]
+    assert results["task"] == "token_classification"
     proc = run_cli("ftjax.evaluate", "--workdir", str(workdir))
     assert proc.stdout.startswith("test ")
     evaluated = json.loads((workdir / "eval.json").read_text())["test"]
@@ -113,4 +100,21 @@ def test_cli_runs_other_task_kinds_and_evaluate_reproduces(tmp_path, config, fam
             assert evaluated[metric] == value, metric
 
 
-TASK_NAMES = {"ner": "token_classification", "seq2seq": "seq2seq"}
+def test_cli_evaluates_an_untrained_model_on_a_test_split_alone(tmp_path):
+    """`ftjax.evaluate --config`: zero-shot text-to-text with beam search, no train split."""
+    model = make_checkpoint(tmp_path / "model", "t5")
+    rows = synthetic.splits_of(synthetic.text_to_text_rows, sizes={"test": 16})
+    data = write_splits(tmp_path / "data", {"test": rows["test"]})
+    workdir = tmp_path / "zero"
+    proc = run_cli(
+        "ftjax.evaluate", "--config", "configs/seq2seq.py", "--workdir", str(workdir),
+        f"--config.model.name={model}", f"--config.data.name={data}",
+        "--config.data.label_column=", "--config.data.source_column=source",
+        "--config.data.max_target_length=8", "--config.task.decoding=beam",
+        "--config.task.num_beams=2", "--config.train.prng_impl=rbg",
+    )  # fmt: skip
+    result = json.loads((workdir / "eval.json").read_text())
+    assert proc.stdout.startswith("test ") and result["step"] == 0
+    assert result["test"]["examples"] == 16 and 0.0 <= result["test"]["rouge_l"] <= 1.0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["task"]["decoding"] == "beam" and saved["data"]["name"] == str(data)

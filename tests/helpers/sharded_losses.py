@@ -41,5 +41,5 @@ def losses(model_dir, data_dir, method, mesh_name, steps=3):
 
 
 if __name__ == "__main__":
-    model_dir, data_dir, method = sys.argv[1:4]
-    print(json.dumps({m: losses(model_dir, data_dir, method, m) for m in MESHES}))
+    model_dir, data_dir, method, *meshes = sys.argv[1:]
+    print(json.dumps({m: losses(model_dir, data_dir, method, m) for m in meshes or MESHES}))
