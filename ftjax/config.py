@@ -101,6 +101,7 @@ def base_config(
         "bucket_step": 16,
         "train_split": "train",
         "eval_split": "validation",
+        "eval_examples": 0,  # > 0: evaluate during training on the split's first N rows
         "test_split": "test",
         "on_bad_row": "error",  # or "drop": bad rows dropped and counted per reason
     }
@@ -205,6 +206,8 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
             )
     if o.learning_rate <= 0:
         raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
+    if d.eval_examples < 0:
+        raise ConfigError(f"config.data.eval_examples={d.eval_examples} must be >= 0 (0: all)")
     if "num_labels" in d and d.num_labels < 1:
         raise ConfigError(f"config.data.num_labels={d.num_labels} must be >= 1")
     task = tasks.task_class(config.task.name)

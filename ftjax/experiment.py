@@ -117,7 +117,12 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
         raise ConfigError(
             f"config.data: split(s) {missing} not in {source} (it has {list(splits)})"
         )
-    encoded = {role: task.encode(splits[name], name) for role, name in wanted.items()}
+    rows = {role: splits[name] for role, name in wanted.items()}
+    if "validation" in rows and d.eval_examples:  # the test split is never cut
+        rows["validation"] = rows["validation"].select(
+            range(min(d.eval_examples, len(rows["validation"])))
+        )
+    encoded = {role: task.encode(rows[role], name) for role, name in wanted.items()}
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]
     if empty:
         raise ConfigError(f"config.data: split(s) {empty} of {source} hold no usable example")

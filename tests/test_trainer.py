@@ -177,6 +177,12 @@ def test_config_errors_name_the_field(tiny):
         build_with(method__rank=64)
     with pytest.raises(ConfigError, match="grad_accum=3"):
         build_with(optimizer__grad_accum=3)
+    with pytest.raises(ConfigError, match=r"config.data.eval_examples=-1 must be >= 0"):
+        build_with(data__eval_examples=-1)
+    # eval_examples cuts the validation split only; the test split is whole.
+    exp = build_with(data__eval_examples=5)
+    assert len(exp.loader.examples("validation")) == 5
+    assert len(exp.loader.examples("test")) == 32
 
 
 def test_feature_the_model_lacks_is_a_config_error(tiny, tmp_path):
