@@ -3,15 +3,18 @@ aligned; and which backbone parameters each task reaches."""
 
 from __future__ import annotations
 
+import shutil
+
 import datasets
 import numpy as np
 import pytest
 
+from ftjax.data import load_splits
 from ftjax.experiment import build
 from ftjax.models import from_pretrained, load_tokenizer
 from ftjax.tasks import DataRowError, TaskError, standalone
 from tests.helpers import synthetic
-from tests.helpers.runs import tiny_run_config
+from tests.helpers.runs import config_file, tiny_run_config
 from tests.helpers.tiny import write_splits
 
 # ----------------------------------------------------------------------------- bad input
@@ -227,3 +230,25 @@ def test_decoder_pooling_that_reads_no_whole_input_is_refused(tmp_path, checkpoi
     )
     with pytest.raises(TaskError, match="pooling='cls' on a causal decoder"):
         build(tiny_run_config("sentiment", checkpoints["gpt2"], data, task__pooling="cls"))
+
+
+def test_headlines_config_turns_bbc_news_into_body_to_title(tmp_path, checkpoints):
+    """configs/headlines.py on the real bbc_news asset, a tiny Llama with a chat template:
+    prompts are the instruction + body in the user's turn, targets are the titles."""
+    model_dir = tmp_path / "llama"
+    shutil.copytree(checkpoints["llama"], model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(model_dir)
+    config = config_file("headlines", "method=lora")
+    config.model.name = str(model_dir)
+    exp = build(config)
+    test = exp.loader.examples("test")
+    titles = load_splits("bbc_news")["test"]["title"]
+    assert test.host["references"] == titles and len(test) == 222
+    assert len(exp.loader.examples("validation")) == config.data.eval_examples == 64
+    head = tokenizer("<|im_start|>user\n" + config.task.source_prefix, add_special_tokens=False)[
+        "input_ids"
+    ]
+    for prompt in test.arrays["prompt"][:20]:
+        assert len(prompt) <= config.data.max_length and list(prompt[: len(head)]) == head
