@@ -8,7 +8,6 @@ import pytest
 from tests.helpers import synthetic, xla
 from tests.helpers.runs import (
     GPT2_LABEL_WORDS,
-    LABEL_WORDS,
     SOURCE_TARGET,
     run_and_reproduce,
     tiny_run_config,
@@ -17,8 +16,9 @@ from tests.helpers.tiny import write_splits
 
 # Long runs on a 30,522-word output layer: optimised machine code pays for its compile.
 OPTIMISED = {"train__xla_options": xla.XLA_DEFAULTS}
+# Label words on the encoder-decoder are the same path as free targets once rows are
+# encoded (tests/test_task_data.py checks the encoding), so T5 runs free targets only.
 E2E = [
-    ("seq2seq", "t5", synthetic.sentiment_rows, LABEL_WORDS, "exact_match", 0.85),
     ("seq2seq", "t5", synthetic.text_to_text_rows, SOURCE_TARGET, "exact_match", 0.85),
     # A 2-layer decoder learns to condition on the cue slowly: 16 epochs, chance is 0.5.
     ("seq2seq", "gpt2", synthetic.sentiment_rows, GPT2_LABEL_WORDS, "exact_match", 0.75),
