@@ -213,10 +213,11 @@ def test_top_p_filter_keeps_the_smallest_sufficient_set():
     assert kept.tolist() == [[False, True, False, False]]  # always the most likely one
 
 
-def test_sampling(tmp_path):
-    reference("gpt2", tmp_path)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_sampling(tmp_path, family):
+    reference(family, tmp_path)
     model, params = from_pretrained(tmp_path)
-    ids, mask = prompts("gpt2")
+    ids, mask = prompts(family)
     options = dict(max_new_tokens=NEW, eos_token_id=-1, pad_token_id=PAD)
     greedy = jit_generate(model, **options)(params, ids, mask)
     # A nucleus of one token is greedy decoding, whatever the temperature.
