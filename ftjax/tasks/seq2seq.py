@@ -3,8 +3,11 @@ evaluated on generated text (exact match, ROUGE-L).
 
 T5 (encoder-decoder) reads the source with its encoder and the target with its decoder
 (`decoder_input_ids` = start token + target shifted right). A decoder-only model reads
-prompt + target as one sequence (prompt = source + `task.separator`) and the loss counts
-the target tokens only; for generation the prompt alone is fed, padded on the left.
+prompt + target as one sequence and the loss counts the target tokens only; for
+generation the prompt alone is fed, padded on the left. The prompt is
+`task.source_prefix` + source + `task.separator`, or with `task.prompt_format="chat"` the
+tokenizer's chat template around it (the user's turn, then the assistant's opened);
+a long source is cut inside that frame.
 Targets end with the model's EOS token. Classification becomes text-to-text with
 `data.label_column` set: the target is the label's word (`task.label_words`, by default
 the dataset's label names), and exact match is the accuracy.
@@ -199,11 +202,11 @@ class TextToText(Task):
             out.append(np.asarray([*head, *body[:room], *tail], np.int32))
         return out, np.array(cut, bool)
 
-    def _prompt_frame(self) -> tuple[list[int], list[int]]:
+    def _prompt_frame(self) -> list[list[int]]:
         """Token ids before and after a decoder prompt's source text."""
         t, tokenizer = self.config.task, self.tokenizer
         if t.prompt_format == "plain":
-            return [], tokenizer(t.separator, add_special_tokens=False)["input_ids"]
+            return [[], tokenizer(t.separator, add_special_tokens=False)["input_ids"]]
         if t.prompt_format != "chat":
             raise TaskError(f"config.task.prompt_format={t.prompt_format!r}: use plain or chat")
         if not getattr(tokenizer, "chat_template", None):
@@ -223,8 +226,7 @@ class TextToText(Task):
                 "message verbatim once; use config.task.prompt_format='plain'"
             )
         before, after = rendered.split(marker)
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return encode(before), encode(after)
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (before, after)]
 
     # ------------------------------------------------------------------ device
 
