@@ -7,8 +7,6 @@ import sys
 from tests.helpers import xla
 
 os.environ["XLA_FLAGS"] = xla.flags()  # before jax starts its backend (see helpers/xla.py)
-for name, value in xla.CACHE_ENV.items():
-    os.environ.setdefault(name, value)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -7,29 +7,16 @@ every invariant tested (parity with PyTorch within tolerance, bit-identical resu
 shardings within one setting), is unchanged; only the machine code is less optimised.
 The few tests that run long put XLA's defaults back for their steps with
 `config.train.xla_options = XLA_DEFAULTS`. Production runs keep XLA's defaults.
-
-Many tests compile a program another test or process already compiled (a run, then
-`ftjax.evaluate` rebuilding its eval step; an interrupted run and its resume), so the
-suite shares JAX's persistent compilation cache (`CACHE_ENV`) between its two workers
-and the subprocesses they start. Entries are keyed by the program, the XLA flags and
-the compile options, so a hit is the same executable.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 DEVICE_COUNT = "--xla_force_host_platform_device_count"
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 # XLA's own defaults (xla/debug_options_flags.cc), as config.train.xla_options.
 XLA_DEFAULTS = "xla_backend_optimization_level=3,xla_llvm_disable_expensive_passes=false"
-CACHE_ENV = {
-    "JAX_COMPILATION_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"ftjax-tests-{os.getuid()}"),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-}
 
 
 def flags(device_count: int | None = None) -> str:
