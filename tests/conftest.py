@@ -11,26 +11,6 @@ os.environ["XLA_FLAGS"] = xla.flags()  # before jax starts its backend (see help
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The slowest files first: `-n 2 --dist loadfile` hands out whole files in collection
-# order, so a long file collected last would run alone at the end.
-SLOWEST_FIRST = (
-    "test_trainer.py",
-    "test_tasks_generative.py",
-    "test_smollm2.py",
-    "test_main.py",
-    "test_task_matrix_more.py",
-    "test_task_matrix.py",
-    "test_generation.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
-
-    items.sort(key=rank)  # stable: the order within a file is kept
-
 
 @pytest.fixture(scope="session")
 def package_index(tmp_path_factory: pytest.TempPathFactory) -> None:
