@@ -44,14 +44,17 @@ class GGUFError(ValueError):
     """A GGUF file ftjax cannot read; the message names the file and what is wrong."""
 
 
-def find(folder: Path) -> Path | None:
-    """The one .gguf file of a folder without config.json (an asset or a download)."""
-    if (folder / "config.json").is_file():
+def find(source: Path) -> Path | None:
+    """The GGUF file a checkpoint source names: the source itself when it is one, else
+    the one .gguf file of a source without config.json (an asset or a download)."""
+    if source.suffix == SUFFIX and source.is_file():
+        return source
+    if (source / "config.json").is_file():
         return None
-    files = sorted(folder.glob(f"*{SUFFIX}"))
+    files = sorted(source.glob(f"*{SUFFIX}"))
     if len(files) > 1:
         raise GGUFError(
-            f"{folder} holds several GGUF files ({', '.join(f.name for f in files)}): "
+            f"{source} holds several GGUF files ({', '.join(f.name for f in files)}): "
             "name the one to load"
         )
     return files[0] if files else None

@@ -60,8 +60,6 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     kind = sources.classify_source(name, _model_asset_names)
     if kind == "path":
         path = Path(name).expanduser()
-        if path.suffix == gguf.SUFFIX and path.is_file():
-            return path
         if not (path / "config.json").is_file() and gguf.find(path) is None:
             raise CheckpointError(
                 f"{path} has no config.json (nor one .gguf file): not a checkpoint folder"
@@ -111,7 +109,7 @@ def family_config(hf: dict[str, Any], where: str) -> tuple[Family, Any]:
 
 def read_checkpoint(source: Path) -> tuple[Family, Any, dict[str, np.ndarray]]:
     """Family, config and float32 tensors of a checkpoint folder or GGUF file."""
-    gguf_file = source if source.suffix == gguf.SUFFIX else gguf.find(source)
+    gguf_file = gguf.find(source)
     if gguf_file is not None:
         hf, tensors = gguf.read(gguf_file)
         family, config = family_config(hf, str(gguf_file))
@@ -362,7 +360,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     source = resolve_checkpoint_dir(name_or_path)
-    gguf_file = source if source.suffix == gguf.SUFFIX else gguf.find(source)
+    gguf_file = gguf.find(source)
     if gguf_file is not None:  # transformers builds it from the file's metadata
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     else:
