@@ -46,7 +46,7 @@ class GGUFError(ValueError):
 
 def find(source: Path) -> Path | None:
     """The GGUF file a checkpoint source names: the source itself when it is one, else
-    the one .gguf file of a source without config.json (an asset or a download)."""
+    the one .gguf file of a folder without config.json (an asset or a download)."""
     if source.suffix == SUFFIX and source.is_file():
         return source
     if (source / "config.json").is_file():
