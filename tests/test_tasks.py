@@ -22,7 +22,13 @@ E2E = [
         "sentiment",
         "bert",
         synthetic.pair_rows,
-        {"data__text_column": "premise", "data__text_pair_column": "hypothesis"},
+        # Reading the pair takes longer to learn: at 6 epochs the loss is still 0.16, and
+        # a run's rounding can tip a few borderline rows (seen once: 0.83).
+        {
+            "data__text_column": "premise",
+            "data__text_pair_column": "hypothesis",
+            "train__epochs": 12,
+        },
         "accuracy",
         0.85,
     ),
