@@ -17,6 +17,7 @@ from ftjax import methods
 
 # Learning rates that work for each method on MiniLM-sized models (experiments/RESULTS.md).
 METHOD_LEARNING_RATES = {
+    "none": 0.0,  # evaluation only
     "probe": 1e-2,
     "full": 1e-4,
     "top_k": 2e-4,

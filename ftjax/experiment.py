@@ -73,7 +73,7 @@ def build(
     encoded = encode_splits(config, task, source, evaluation_only=data_override is not None)
     params = {**params, **task.init_head(jax.random.PRNGKey(config.train.seed))}
     unreached = unreached_params(task, params)
-    mask = methods.trainable_mask(method, params, unreached)
+    mask = methods.trainable_mask(method, params, unreached, training=data_override is None)
     frozen = {p: v for p, v in partition.flatten(params).items() if not mask[p]}
     table = methods.method_row(method, params, mask, unreached)
 
@@ -122,6 +122,7 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
         rows["validation"] = rows["validation"].select(
             range(min(d.eval_examples, len(rows["validation"])))
         )
+    task.prepare_data(splits)
     encoded = {role: task.encode(rows[role], name) for role, name in wanted.items()}
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]
     if empty:

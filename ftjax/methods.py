@@ -14,6 +14,7 @@ LoRA + BitFit), `train_embeddings` and `train_head`):
 
 | method | options | trains |
 |---|---|---|
+| none | | nothing (evaluation only: `ftjax.evaluate --config`, `ftjax.prompt`) |
 | probe | cache_features=True | head only (features cached: the backbone runs once) |
 | full | | everything |
 | top_k | k=2 | the last k layers of each stack |
@@ -70,6 +71,10 @@ class Method:
 
 
 # --------------------------------------------------------------------------- registry
+
+
+def _none(family, config):
+    return Method("none", train_head=False)
 
 
 def _probe(family, config, cache_features: bool = True):
@@ -155,6 +160,7 @@ def _prompt(family, config, length: int = 20, init: str = "random", text: str = 
 
 
 METHODS: dict[str, Callable[..., Method]] = {
+    "none": _none,
     "probe": _probe,
     "full": _full,
     "top_k": _top_k,
@@ -189,7 +195,9 @@ def resolve(name: str, model: nn.Module, options: Mapping[str, Any] | None = Non
     if common.get("train_embeddings"):
         extra += (family.embeddings_pattern,)
     return dataclasses.replace(
-        method, trainable=method.trainable + extra, train_head=common.get("train_head", True)
+        method,
+        trainable=method.trainable + extra,
+        train_head=common.get("train_head", True) and method.train_head,  # none: never
     )
 
 
@@ -263,10 +271,11 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
 
 
 def trainable_mask(
-    method: Method, params: dict, unreached: Collection[str] = ()
+    method: Method, params: dict, unreached: Collection[str] = (), training: bool = True
 ) -> dict[str, bool]:
     """The method's patterns over the backbone, minus `unreached` (paths the task's loss
     never reaches: no gradient, so nothing to train), plus the task head if it trains.
+    Only an evaluation (`training=False`) may train nothing.
 
     Method patterns must each match a backbone parameter (BitFit's `.*/bias` on T5,
     which has no biases, is an error even though the head has one).
@@ -285,7 +294,12 @@ def trainable_mask(
         )
     head = partition.flatten({"head": params["head"]}) if "head" in params else {}
     mask.update(dict.fromkeys(head, method.train_head))
-    if not any(mask.values()):
+    if method.name == "none" and training:
+        raise MethodError(
+            "method none trains nothing: evaluate the pretrained model with `python -m "
+            "ftjax.evaluate --config ...` or `python -m ftjax.prompt --config ...`"
+        )
+    if not any(mask.values()) and training:
         why = "the task has no head" if not head else "no patterns, and method.train_head=False"
         raise MethodError(
             f"method {method.name} trains nothing ({why}); a task without a head (seq2seq, "

@@ -10,6 +10,7 @@ import ml_collections
 from ftjax.tasks.base import HEAD, DataRowError, Task, TaskError
 from ftjax.tasks.classification import Regression, SequenceClassification
 from ftjax.tasks.lm import LanguageModeling
+from ftjax.tasks.prompting import Prompting
 from ftjax.tasks.qa import ExtractiveQA
 from ftjax.tasks.seq2seq import TextToText
 from ftjax.tasks.tagging import TokenClassification
@@ -23,6 +24,7 @@ TASKS: dict[str, type[Task]] = {
         ExtractiveQA,
         TextToText,
         LanguageModeling,
+        Prompting,
     )
 }
 

@@ -9,6 +9,7 @@ parameters its loss can reach. The runner never asks which task runs:
     ... the method switches on its hooks ...
     task.attach(model)                             # the final backbone
     params |= task.init_head(rng)                  # {"head": ...} or nothing
+    task.prepare_data(splits)                      # e.g. draw demonstrations
     examples = task.encode(rows, split)            # -> batching.Examples
     loss, aux = task.loss(params, batch, rng)      # aux["weight"]: units averaged over
     sums, per_row = task.eval_outputs(params, batch)
@@ -171,6 +172,10 @@ class Task:
     def group_limits(self) -> dict[str, int]:
         """Maximum length of each length group (see ftjax.batching)."""
         return {"source": self.config.data.max_length}
+
+    def prepare_data(self, splits: Mapping[str, Any]) -> None:
+        """Sees every loaded split (name -> rows) before any is encoded: e.g. to draw
+        in-context demonstrations from the training split."""
 
     def encode(self, rows, split: str) -> Examples:
         raise NotImplementedError

@@ -53,6 +53,14 @@ class Head(nn.Module):
         )
 
 
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": scoring.accuracy(predictions, labels),
+        "macro_f1": scoring.macro_f1(predictions, labels),
+        "mcc": scoring.matthews_corrcoef(predictions, labels),
+    }
+
+
 def encode_texts(task: Task, rows, split: str, checker: RowChecker, label_of) -> Examples:
     """Tokenizes `data.text_column` (and `data.text_pair_column`), truncated to
     `data.max_length`; `label_of(row, value)` checks and converts each label."""
@@ -233,13 +241,7 @@ class SequenceClassification(PooledTask):
         return jnp.argmax(logits, axis=-1)
 
     def finalize(self, sums, per_row, examples: Examples) -> dict[str, Any]:
-        predictions = np.asarray(per_row["predictions"])
-        labels = examples.arrays["labels"]
-        return {
-            "accuracy": scoring.accuracy(predictions, labels),
-            "macro_f1": scoring.macro_f1(predictions, labels),
-            "mcc": scoring.matthews_corrcoef(predictions, labels),
-        }
+        return classification_metrics(np.asarray(per_row["predictions"]), examples.arrays["labels"])
 
 
 class Regression(PooledTask):

@@ -33,6 +33,21 @@ OBJECTIVES = ("auto", "causal", "masked")
 EVAL_MASK_SEED = 0
 
 
+def with_mlm_head(model, task: str, model_name: str):
+    """`model` with its masked-LM head switched on (families that have one); a checkpoint
+    without one gets it initialised, its output tied to the word embeddings, and a warning."""
+    config = model.config
+    if hasattr(config, "with_mlm_head") and not config.with_mlm_head:
+        log.warning(
+            "%s: %s has no masked-LM head; initialising one (dense + LayerNorm new, output "
+            "tied to the word embeddings)",
+            task,
+            model_name,
+        )
+        model = type(model)(dataclasses.replace(config, with_mlm_head=True))
+    return model
+
+
 class LanguageModeling(Task):
     name = "language_modeling"
     metrics = ("perplexity",)
@@ -49,15 +64,8 @@ class LanguageModeling(Task):
         return chosen
 
     def prepare_model(self, model):
-        config = model.config
-        if self.objective(hub.family_of(model)) == "masked" and hasattr(config, "with_mlm_head"):
-            if not config.with_mlm_head:
-                log.warning(
-                    "language_modeling: %s has no masked-LM head; initialising one (dense + "
-                    "LayerNorm new, output tied to the word embeddings)",
-                    self.config.model.name,
-                )
-                model = type(model)(dataclasses.replace(config, with_mlm_head=True))
+        if self.objective(hub.family_of(model)) == "masked":
+            return with_mlm_head(model, self.name, self.config.model.name)
         return model
 
     def check_model(self, family) -> None:

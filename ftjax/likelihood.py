@@ -1,0 +1,179 @@
+"""Log-likelihoods of a few candidate continuations ("choices": label words) given a
+prompt, for each way a pretrained model can score text:
+
+- `causal_choices` (GPT-2, Llama): a context shared by every row (in-context
+  demonstrations) is encoded once, at batch size 1, into the key/value cache; each row's
+  query then extends that cache once; every choice continues from it. So the prompt is
+  never encoded once per choice.
+- `encoder_decoder_choices` (T5): the encoder runs once per row; the decoder reads each
+  choice after `decoder_start_token_id`.
+- `masked_choices` (BERT-style encoders with an MLM head, PET-style cloze): the log-
+  probability of each single-token choice at the row's [MASK] position.
+
+Each returns [batch, choices] summed log-probabilities of the choice's tokens (float32).
+Everything is traceable: it compiles inside the eval or train step that calls it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.generation import init_cache
+
+Array = jax.Array
+
+
+def _rngs(rng) -> dict | None:
+    return {"dropout": rng} if rng is not None else None
+
+
+def _token_logprobs(logits: Array, tokens: Array) -> Array:
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def _repeat_rows(tree, times: int):
+    """Each batched leaf's rows repeated `times` (row b -> rows b*times ...); the cache's
+    scalar write index is shared."""
+    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if x.ndim else x, tree)
+
+
+def causal_choices(
+    model: nn.Module,
+    params,
+    context: Array,
+    query: Array,
+    query_mask: Array,
+    choices: Array,
+    choice_mask: Array,
+    *,
+    rng=None,
+) -> Array:
+    """`context` [D] token ids before every row (D may be 0); `query` [B, Q] each row's
+    prompt, padded on the LEFT; `choices` [C, L] padded on the right (`choice_mask`).
+    `rng` switches dropout on (training)."""
+    batch, width = query.shape
+    num_choices, length = choices.shape
+    shared = context.shape[0]
+    total = shared + width + length
+    mask = jnp.concatenate(
+        [
+            jnp.ones((batch, shared), query_mask.dtype),
+            query_mask,
+            jnp.ones((batch, length), query_mask.dtype),
+        ],
+        axis=1,
+    )
+    keys = iter(jax.random.split(rng, 3)) if rng is not None else iter([None] * 3)
+
+    def run(cache, ids, full_mask, positions, phase):
+        out, variables = model.apply(
+            {"params": params, "cache": cache},
+            ids,
+            full_mask,
+            positions,
+            decode=phase,
+            deterministic=rng is None,
+            mutable=["cache"],
+            rngs=_rngs(next(keys)),
+        )
+        return out.logits, variables["cache"]
+
+    def empty_cache(rows: int):
+        dummy = jnp.zeros((rows, total), jnp.int32)
+        full = jnp.ones((rows, total), mask.dtype)
+        return init_cache(
+            lambda: model.apply(
+                {"params": params}, dummy, full, dummy, decode="prefill", mutable=["cache"]
+            )
+        )
+
+    if shared:  # the demonstrations: encoded once, then every row reads the same cache
+        single = jnp.ones((1, total), mask.dtype)
+        _, cache = run(empty_cache(1), context[None], single, jnp.arange(shared)[None], "prefill")
+        cache = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:])) if x.ndim else x, cache
+        )
+        phase = "step"
+    else:
+        cache, phase = empty_cache(batch), "prefill"
+    # Positions count real tokens only, so left padding leaves them unchanged.
+    real = jnp.cumsum(query_mask, axis=1)
+    logits, cache = run(cache, query, mask, shared + jnp.maximum(real - 1, 0), phase)
+    last = logits[:, -1]  # the prompt's last token predicts each choice's first
+
+    tokens = jnp.tile(choices, (batch, 1))  # row b * C + c is choice c of row b
+    counted = jnp.tile(choice_mask, (batch, 1)).astype(jnp.float32)
+    start = shared + jnp.repeat(real[:, -1], num_choices)[:, None]
+    continued, _ = run(
+        _repeat_rows(cache, num_choices),
+        tokens,
+        jnp.repeat(mask, num_choices, axis=0),
+        start + jnp.arange(length)[None],
+        "step",
+    )
+    predicted = jnp.concatenate(
+        [jnp.repeat(last, num_choices, axis=0)[:, None], continued[:, :-1]], axis=1
+    )
+    scores = (_token_logprobs(predicted, tokens) * counted).sum(1)
+    return scores.reshape(batch, num_choices)
+
+
+def encoder_decoder_choices(
+    model: nn.Module,
+    params,
+    source: Array,
+    source_mask: Array,
+    choices: Array,
+    choice_mask: Array,
+    *,
+    rng=None,
+) -> Array:
+    """`source` [B, S] the encoder's input; `choices` [C, L] the decoder's targets."""
+    batch = source.shape[0]
+    num_choices = choices.shape[0]
+    encoder_rng, decoder_rng = jax.random.split(rng) if rng is not None else (None, None)
+    states, encoder_mask = model.apply(
+        {"params": params},
+        source,
+        source_mask,
+        deterministic=rng is None,
+        method="encode",
+        rngs=_rngs(encoder_rng),
+    )
+    tokens = jnp.tile(choices, (batch, 1))
+    counted = jnp.tile(choice_mask, (batch, 1))
+    start = jnp.full((tokens.shape[0], 1), model.config.decoder_start_token_id, tokens.dtype)
+    _, logits = model.apply(
+        {"params": params},
+        jnp.concatenate([start, tokens[:, :-1]], axis=1),
+        jnp.repeat(states[-1], num_choices, axis=0),
+        jnp.repeat(encoder_mask, num_choices, axis=0),
+        counted,
+        deterministic=rng is None,
+        method="decode",
+        rngs=_rngs(decoder_rng),
+    )
+    scores = (_token_logprobs(logits, tokens) * counted.astype(jnp.float32)).sum(1)
+    return scores.reshape(batch, num_choices)
+
+
+def masked_choices(
+    model: nn.Module,
+    params,
+    inputs: dict[str, Array],
+    mask_position: Array,
+    choices: Array,
+    *,
+    rng=None,
+) -> Array:
+    """`inputs` the encoder's (input_ids, attention_mask, token_type_ids) with one [MASK]
+    per row at `mask_position` [B]; `choices` [C] single token ids."""
+    logits = model.apply(
+        {"params": params}, **inputs, deterministic=rng is None, rngs=_rngs(rng)
+    ).logits
+    at_mask = jnp.take_along_axis(logits, mask_position[:, None, None], axis=1)[:, 0]
+    logp = jax.nn.log_softmax(at_mask.astype(jnp.float32), axis=-1)
+    return logp[:, choices]

@@ -1,0 +1,87 @@
+"""Evaluate a pretrained model as it is, by prompting, over several demonstration seeds.
+
+    python -m ftjax.prompt --config configs/sentiment_prompt.py:model=smollm2 \\
+        --workdir runs/k4 --seeds 5 --config.task.shots=4 [--config.task.calibrate=True]
+
+Seed s draws the demonstrations with `task.shot_seed` = first seed + s; each seed's test
+metrics go to WORKDIR/seed_<n>/eval.json (as `ftjax.evaluate --config` writes them), and
+WORKDIR/eval.json holds them all with each metric's mean and sample standard deviation
+(`<metric>_std`), in the same place a fine-tuning run's results have them. Zero-shot
+(`task.shots=0`) has nothing to draw: one seed is run whatever `--seeds` says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "the prompting config", lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "where eval.json goes", required=True)
+SEEDS = flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)")
+
+
+def over_seeds(config: ml_collections.ConfigDict, workdir: str | Path, seeds: int) -> dict:
+    """Test metrics of `config` untrained, once per demonstration seed, and their
+    mean and standard deviation; written to WORKDIR/eval.json."""
+    from ftjax.evaluate import evaluate_untrained
+    from ftjax.loop import to_plain
+
+    if seeds < 1:
+        raise ValueError(f"--seeds={seeds}: at least 1")
+    workdir = Path(workdir)
+    shots = config.task.get("shots", None)
+    if shots is None:
+        raise ValueError(
+            f"config.task.name={config.task.name!r} has no demonstrations (task.shots); "
+            "use task prompting, or ftjax.evaluate --config for a single zero-shot run"
+        )
+    seeds = seeds if shots else 1
+    first = config.task.shot_seed
+    runs = []
+    for s in range(seeds):
+        seeded = ml_collections.ConfigDict(config.to_dict())
+        seeded.task.shot_seed = first + s
+        result = evaluate_untrained(seeded, workdir / f"seed_{first + s}")
+        runs.append({"shot_seed": first + s, **result["test"]})
+    summary = {"workdir": str(workdir), "step": 0, "seeds": runs, "test": summarize(runs)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "eval.json").write_text(json.dumps(summary, indent=2, default=to_plain) + "\n")
+    return summary
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation (0 for one run) of every numeric metric."""
+    out = {}
+    for key, value in runs[0].items():
+        if key == "shot_seed" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        values = np.asarray([run[key] for run in runs], np.float64)
+        out[key] = float(values.mean())
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out["seeds"] = len(runs)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.basicConfig(level=logging.WARNING)
+    summary = over_seeds(CONFIG.value, WORKDIR.value, SEEDS.value)
+    test = summary["test"]
+    shown = ", ".join(
+        f"{k} {test[k]:.4f} ± {test[k + '_std']:.4f}" for k in test if f"{k}_std" in test
+    )
+    print(f"test over {test['seeds']} seed(s): {shown}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)
