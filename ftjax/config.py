@@ -205,7 +205,7 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
                 f"config.{field}={size} is not divisible by the mesh's batch axes "
                 f"(data x fsdp = {mesh_batch_divisor})"
             )
-    if o.learning_rate <= 0:
+    if o.learning_rate <= 0 and config.method.name != "none":  # none: evaluation only
         raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
     if d.eval_examples < 0:
         raise ConfigError(f"config.data.eval_examples={d.eval_examples} must be >= 0 (0: all)")

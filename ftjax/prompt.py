@@ -23,9 +23,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "the prompting config", lock_config=True)
-WORKDIR = flags.DEFINE_string("workdir", None, "where eval.json goes", required=True)
-SEEDS = flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)")
 
 
 def over_seeds(config: ml_collections.ConfigDict, workdir: str | Path, seeds: int) -> dict:
@@ -70,11 +67,22 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def define_flags() -> tuple:
+    """The command line's flags; defined only when run as a program, because
+    `ftjax.evaluate` (imported here) defines some of the same names at import."""
+    return (
+        config_flags.DEFINE_config_file("config", None, "the prompting config"),
+        flags.DEFINE_string("workdir", None, "where eval.json goes", required=True),
+        flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)"),
+    )
+
+
 def main(argv: list[str]) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
-    summary = over_seeds(CONFIG.value, WORKDIR.value, SEEDS.value)
+    config, workdir, seeds = FLAGS
+    summary = over_seeds(config.value, workdir.value, seeds.value)
     test = summary["test"]
     shown = ", ".join(
         f"{k} {test[k]:.4f} ± {test[k + '_std']:.4f}" for k in test if f"{k}_std" in test
@@ -84,4 +92,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    FLAGS = define_flags()
     app.run(main)
