@@ -24,7 +24,6 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 
-
 def over_seeds(config: ml_collections.ConfigDict, workdir: str | Path, seeds: int) -> dict:
     """Test metrics of `config` untrained, once per demonstration seed, and their
     mean and standard deviation; written to WORKDIR/eval.json."""
