@@ -158,6 +158,7 @@ def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
     assert counted.sum() == len(ids) - len(prompt) and ids[-1] == model.config.eos_token_id
 
 
+CAPITALS = [("california", "sacramento"), ("massachusetts", "boston"), ("ohio", "columbus")]
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -198,6 +199,63 @@ def test_seq2seq_chat_prompts_follow_the_tokenizers_template(tiny_decoders):
             standalone("seq2seq", t5_model, t5_tokenizer, **options)
     finally:
         tokenizer.chat_template = None
+
+
+def test_seq2seq_demonstrations_precede_every_prompt(tiny_decoders):
+    """k-shot generation: the drawn (source, target) pairs come first, rendered as the
+    prompt and target are (plain), as earlier turns (chat), or in T5's encoder input."""
+    train = rows_of(*[{"source": s, "target": c} for s, c in CAPITALS])
+    test = rows_of({"source": "texas", "target": "austin"})
+    splits = {"train": train, "test": test}
+    options = dict(label_column="", source_prefix="the capital of ", separator=" is",
+                   target_delimiter=" ", shots=2, shot_separator="; ", max_length=120)  # fmt: skip
+    model, tokenizer = tiny_decoders["gpt2"]
+    task = standalone("seq2seq", model, tokenizer, **options)
+    task.prepare_data(splits)
+    shown = [dict(CAPITALS)[source] for source, _ in task.demos]
+    assert len(set(shown)) == 2
+    examples = task.encode(test, "test")
+    demo = "".join(f"the capital of {s} is {dict(CAPITALS)[s]}; " for s, _ in task.demos)
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    expected = ids(demo) + ids("the capital of texas") + ids(" is")
+    assert list(examples.arrays["prompt"][0]) == expected
+    target = examples.arrays["input_ids"][0][len(examples.arrays["prompt"][0]) :]
+    assert tokenizer.decode(target, skip_special_tokens=True) == "austin"
+    other = standalone("seq2seq", model, tokenizer, **{**options, "shot_seed": 1})
+    other.prepare_data(splits)
+    assert other.demos != task.demos
+    # Generated text is cut at the first stop string.
+    stopping = standalone("seq2seq", model, tokenizer, **options, stop_at=(";", "\n"))
+    assert stopping.decode(np.asarray(ids("austin; the capital of"))) == "austin"
+    # Chat: each demonstration is a user turn and the assistant's answer.
+    llama, llama_tokenizer = tiny_decoders["llama"]
+    llama_tokenizer.chat_template = CHATML
+    try:
+        chat = standalone("seq2seq", llama, llama_tokenizer, **options, prompt_format="chat")
+        chat.prepare_data(splits)
+        turns = []
+        for source, target in chat.demos:
+            turns += [{"role": "user", "content": f"the capital of {source}"},
+                      {"role": "assistant", "content": target}]  # fmt: skip
+        expected = llama_tokenizer.apply_chat_template(
+            [*turns, {"role": "user", "content": "the capital of texas"}],
+            add_generation_prompt=True,
+            return_dict=True,
+        )["input_ids"]
+        assert list(chat.encode(test, "test").arrays["prompt"][0]) == list(expected)
+    finally:
+        llama_tokenizer.chat_template = None
+    t5, t5_tokenizer = tiny_decoders["t5"]
+    encoder = standalone("seq2seq", t5, t5_tokenizer, **options)
+    encoder.prepare_data(splits)
+    source = encoder.encode(test, "test").arrays["input_ids"][0]
+    t5_demo = "".join(f"the capital of {s} is {dict(CAPITALS)[s]}; " for s, _ in encoder.demos)
+    assert list(source) == t5_tokenizer(t5_demo + "the capital of texas")["input_ids"]
+    with pytest.raises(TaskError, match="draws demonstrations from split"):
+        encoder.prepare_data({"test": test})
 
 
 def test_t5_encoder_classification_with_full_trains_no_decoder_parameter(tmp_path, checkpoints):

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ftjax.tasks.base import TaskError
+
 
 def draw(labels: Sequence[int], k: int, seed: int, balanced: bool) -> list[int]:
     """Indices of `k` demonstrations among rows with these `labels` (-1: unusable), in
@@ -34,3 +36,25 @@ def draw(labels: Sequence[int], k: int, seed: int, balanced: bool) -> list[int]:
             raise ValueError(f"{n} demonstrations of label {c} asked, {len(pool)} rows have it")
         chosen.extend(rng.choice(pool, size=n, replace=False))
     return [int(i) for i in rng.permutation(chosen)]
+
+
+def training_rows(splits, config):
+    """The split demonstrations come from (`data.train_split`); a clear error without it."""
+    shots, split = config.task.shots, config.data.train_split
+    if split not in splits:
+        raise TaskError(
+            f"config.task.shots={shots} draws demonstrations from split "
+            f"config.data.train_split={split!r}, which the data lacks (it has {list(splits)})"
+        )
+    return splits[split]
+
+
+def choose(labels: Sequence[int], config, balanced: bool) -> list[int]:
+    """`draw` with the config's `task.shots` and `task.shot_seed`, errors naming them."""
+    t = config.task
+    try:
+        return draw(labels, t.shots, t.shot_seed, balanced)
+    except ValueError as err:
+        raise TaskError(
+            f"config.task.shots={t.shots}: {err} in split {config.data.train_split!r}"
+        ) from err

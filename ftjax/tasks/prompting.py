@@ -230,20 +230,9 @@ class Prompting(Task):
         self._set_demonstrations([])
         if not t.shots:
             return
-        if d.train_split not in splits:
-            raise TaskError(
-                f"config.task.shots={t.shots} draws demonstrations from split "
-                f"config.data.train_split={d.train_split!r}, which the data lacks "
-                f"(it has {list(splits)})"
-            )
-        rows = splits[d.train_split]
+        rows = demonstrations.training_rows(splits, self.config)
         texts, pairs, labels = self._columns(rows, d.train_split, RowChecker(d.train_split, "drop"))
-        try:
-            chosen = demonstrations.draw(labels, t.shots, t.shot_seed, t.balanced_shots)
-        except ValueError as err:
-            raise TaskError(
-                f"config.task.shots={t.shots}: {err} in split {d.train_split!r}"
-            ) from err
+        chosen = demonstrations.choose(labels, self.config, t.balanced_shots)
         shown = [(i, self.demonstration(texts[i], pairs[i] if pairs else None, labels[i]))
                  for i in chosen]  # fmt: skip
         self._set_demonstrations([text for _, text in shown[:1]])

@@ -27,7 +27,7 @@ import optax
 
 from ftjax import generation
 from ftjax.batching import IGNORE, Examples, Seq
-from ftjax.tasks import scoring
+from ftjax.tasks import demonstrations, scoring
 from ftjax.tasks.base import RowChecker, Task, TaskError, masked_mean, require_columns
 
 
@@ -42,6 +42,12 @@ class TextToText(Task):
         # assistant's turn opened; the target is the reply and ends with the model's EOS)
         "prompt_format": "plain",
         "label_words": (),  # classification as text: the word of each label
+        "target_delimiter": "",  # before each target (" ": a natural continuation)
+        # k-shot: demonstrations from the training split shown before every prompt
+        "shots": 0,
+        "shot_seed": 0,
+        "shot_separator": "\n",
+        "stop_at": (),  # a generated text is cut at the first of these strings
         "decoding": "greedy",  # greedy | beam | sample
         "num_beams": 4,
         "length_penalty": 1.0,
@@ -64,6 +70,7 @@ class TextToText(Task):
                     "config.task.label_words (the dataset has no label names)"
                 )
             config.task.label_words = tuple(self.info["label_names"])
+        self.demos: list[tuple[str, str]] = []  # (source, target) shown before each prompt
 
     # ------------------------------------------------------------------ model
 
@@ -102,8 +109,11 @@ class TextToText(Task):
         sources, targets = self._texts(rows, split, checker)
         keep = checker.good(len(sources))
         pad = self.tokenizer.pad_token_id
-        src, truncated = self._sources([t.source_prefix + sources[i] for i in keep])
-        tgt = self.tokenizer([targets[i] for i in keep], add_special_tokens=False)["input_ids"]
+        shown = self.demo_text() if self.encoder_decoder else ""
+        src, truncated = self._sources([shown + t.source_prefix + sources[i] for i in keep])
+        tgt = self.tokenizer(
+            [t.target_delimiter + targets[i] for i in keep], add_special_tokens=False
+        )["input_ids"]
         tgt = [np.asarray([*ids, self.eos_id], np.int32) for ids in tgt]
         fits = []
         for j, ids in enumerate(tgt):
@@ -149,6 +159,27 @@ class TextToText(Task):
                 "prompt": Seq("prompt", pad, left=True),
             }
         return Examples(arrays, layout, keep, host={"references": references}, report=report)
+
+    def prepare_data(self, splits) -> None:
+        """Draws `task.shots` demonstrations from the training split."""
+        d = self.config.data
+        self.demos = []
+        if not self.config.task.shots:
+            return
+        checker = RowChecker(d.train_split, "drop")
+        rows = demonstrations.training_rows(splits, self.config)
+        sources, targets = self._texts(rows, d.train_split, checker)
+        usable = [-1 if i in checker.bad else 0 for i in range(len(sources))]
+        chosen = demonstrations.choose(usable, self.config, balanced=False)
+        self.demos = [(sources[i], targets[i]) for i in chosen]
+
+    def demo_text(self) -> str:
+        """The demonstrations as plain text (each one: prompt, target, separator)."""
+        t = self.config.task
+        return "".join(
+            t.source_prefix + source + t.separator + t.target_delimiter + target + t.shot_separator
+            for source, target in self.demos
+        )
 
     def _texts(self, rows, split: str, checker: RowChecker) -> tuple[list, list]:
         d, t = self.config.data, self.config.task
@@ -196,7 +227,8 @@ class TextToText(Task):
             if room < 1:
                 raise TaskError(
                     f"config.data.max_length={limit} leaves no room for the source: the "
-                    f"prompt frame alone takes {len(head) + len(tail)} tokens"
+                    f"prompt frame alone takes {len(head) + len(tail)} tokens (with "
+                    f"config.task.shots={self.config.task.shots} demonstrations)"
                 )
             cut.append(len(body) > room)
             out.append(np.asarray([*head, *body[:room], *tail], np.int32))
@@ -206,7 +238,8 @@ class TextToText(Task):
         """Token ids before and after a decoder prompt's source text."""
         t, tokenizer = self.config.task, self.tokenizer
         if t.prompt_format == "plain":
-            return [[], tokenizer(t.separator, add_special_tokens=False)["input_ids"]]
+            head = tokenizer(self.demo_text(), add_special_tokens=False)["input_ids"]
+            return [head, tokenizer(t.separator, add_special_tokens=False)["input_ids"]]
         if t.prompt_format != "chat":
             raise TaskError(f"config.task.prompt_format={t.prompt_format!r}: use plain or chat")
         if not getattr(tokenizer, "chat_template", None):
@@ -217,8 +250,16 @@ class TextToText(Task):
         # The template rendered around a marker: the text before it opens the user's turn,
         # the text after closes it and opens the assistant's (the generation prompt).
         marker = "\x00source\x00"
+        turns = []  # demonstrations as earlier exchanges
+        for source, target in self.demos:
+            turns += [
+                {"role": "user", "content": t.source_prefix + source},
+                {"role": "assistant", "content": target},
+            ]
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+            [*turns, {"role": "user", "content": marker}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
         if rendered.count(marker) != 1:
             raise TaskError(
@@ -289,7 +330,10 @@ class TextToText(Task):
         tokens = [int(x) for x in tokens]
         if self.eos_id in tokens:
             tokens = tokens[: tokens.index(self.eos_id)]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in self.config.task.stop_at:
+            text = text.split(stop)[0] if stop else text
+        return text.strip()
 
     def finalize(self, sums, per_row, examples: Examples) -> dict[str, Any]:
         predictions = [self.decode(row) for row in per_row["generated"]]
