@@ -103,6 +103,7 @@ def base_config(
         "train_split": "train",
         "eval_split": "validation",
         "eval_examples": 0,  # > 0: evaluate during training on the split's first N rows
+        "test_examples": 0,  # > 0: only the test split's first N rows (quick or costly evals)
         "test_split": "test",
         "on_bad_row": "error",  # or "drop": bad rows dropped and counted per reason
     }
@@ -207,8 +208,9 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
             )
     if o.learning_rate <= 0 and config.method.name != "none":  # none: evaluation only
         raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
-    if d.eval_examples < 0:
-        raise ConfigError(f"config.data.eval_examples={d.eval_examples} must be >= 0 (0: all)")
+    for field in ("eval_examples", "test_examples"):
+        if d[field] < 0:
+            raise ConfigError(f"config.data.{field}={d[field]} must be >= 0 (0: all)")
     if "num_labels" in d and d.num_labels < 1:
         raise ConfigError(f"config.data.num_labels={d.num_labels} must be >= 1")
     task = tasks.task_class(config.task.name)

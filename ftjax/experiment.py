@@ -118,10 +118,10 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
             f"config.data: split(s) {missing} not in {source} (it has {list(splits)})"
         )
     rows = {role: splits[name] for role, name in wanted.items()}
-    if "validation" in rows and d.eval_examples:  # the test split is never cut
-        rows["validation"] = rows["validation"].select(
-            range(min(d.eval_examples, len(rows["validation"])))
-        )
+    # The first N rows: a cut the results show (their example count), never a sample.
+    for role, limit in (("validation", d.eval_examples), ("test", d.test_examples)):
+        if role in rows and limit:
+            rows[role] = rows[role].select(range(min(limit, len(rows[role]))))
     task.prepare_data(splits)
     encoded = {role: task.encode(rows[role], name) for role, name in wanted.items()}
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]

@@ -179,10 +179,15 @@ def test_config_errors_name_the_field(tiny):
         build_with(optimizer__grad_accum=3)
     with pytest.raises(ConfigError, match=r"config.data.eval_examples=-1 must be >= 0"):
         build_with(data__eval_examples=-1)
-    # eval_examples cuts the validation split only; the test split is whole.
+    with pytest.raises(ConfigError, match=r"config.data.test_examples=-2 must be >= 0"):
+        build_with(data__test_examples=-2)
+    # eval_examples cuts the validation split only, test_examples the test split only.
     exp = build_with(data__eval_examples=5)
     assert len(exp.loader.examples("validation")) == 5
     assert len(exp.loader.examples("test")) == 32
+    exp = build_with(data__test_examples=7)
+    assert len(exp.loader.examples("validation")) == 32
+    assert list(exp.loader.examples("test").rows) == list(range(7))
 
 
 def test_feature_the_model_lacks_is_a_config_error(tiny, tmp_path):
