@@ -7,7 +7,8 @@ Seed s draws the demonstrations with `task.shot_seed` = first seed + s; each see
 metrics go to WORKDIR/seed_<n>/eval.json (as `ftjax.evaluate --config` writes them), and
 WORKDIR/eval.json holds them all with each metric's mean and sample standard deviation
 (`<metric>_std`), in the same place a fine-tuning run's results have them. Zero-shot
-(`task.shots=0`) has nothing to draw: one seed is run whatever `--seeds` says.
+(`task.shots=0`) has nothing to draw: one seed is run whatever `--seeds` says. `--data`
+evaluates on another dataset's test split, as `ftjax.evaluate` does.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from ftjax import evaluate as evaluation  # its --config, --workdir and --data flags
+
+SEEDS = flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)")
 
 
-def over_seeds(config: ml_collections.ConfigDict, workdir: str | Path, seeds: int) -> dict:
-    """Test metrics of `config` untrained, once per demonstration seed, and their
-    mean and standard deviation; written to WORKDIR/eval.json."""
-    from ftjax.evaluate import evaluate_untrained
+def over_seeds(
+    config: ml_collections.ConfigDict, workdir: str | Path, seeds: int, data: str | None = None
+) -> dict:
+    """Test metrics of `config` untrained (on `data`'s test split if given), once per
+    demonstration seed, and their mean and standard deviation; written to
+    WORKDIR/eval.json."""
     from ftjax.loop import to_plain
 
     if seeds < 1:
@@ -45,7 +51,7 @@ def over_seeds(config: ml_collections.ConfigDict, workdir: str | Path, seeds: in
     for s in range(seeds):
         seeded = ml_collections.ConfigDict(config.to_dict())
         seeded.task.shot_seed = first + s
-        result = evaluate_untrained(seeded, workdir / f"seed_{first + s}")
+        result = evaluation.evaluate_untrained(seeded, workdir / f"seed_{first + s}", data)
         runs.append({"shot_seed": first + s, **result["test"]})
     summary = {"workdir": str(workdir), "step": 0, "seeds": runs, "test": summarize(runs)}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -66,22 +72,14 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def define_flags() -> tuple:
-    """The command line's flags; defined only when run as a program, because
-    `ftjax.evaluate` (imported here) defines some of the same names at import."""
-    return (
-        config_flags.DEFINE_config_file("config", None, "the prompting config"),
-        flags.DEFINE_string("workdir", None, "where eval.json goes", required=True),
-        flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)"),
-    )
-
-
 def main(argv: list[str]) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
-    config, workdir, seeds = FLAGS
-    summary = over_seeds(config.value, workdir.value, seeds.value)
+    if evaluation.CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    summary = over_seeds(evaluation.CONFIG.value, evaluation.WORKDIR.value, SEEDS.value,
+                         evaluation.DATA.value)  # fmt: skip
     test = summary["test"]
     shown = ", ".join(
         f"{k} {test[k]:.4f} ± {test[k + '_std']:.4f}" for k in test if f"{k}_std" in test
@@ -91,5 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    FLAGS = define_flags()
     app.run(main)

@@ -211,3 +211,16 @@ def test_prompting_fine_tunes_through_the_lm_head(tmp_path, models):
     frozen.data.name = str(data)
     with pytest.raises(MethodError, match="method none trains nothing"):
         loop.run(frozen, tmp_path / "frozen")
+
+
+def test_prompt_command_line_has_its_flags():
+    """`python -m ftjax.prompt` shares ftjax.evaluate's flags and adds --seeds."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftjax.prompt", "--helpfull"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in ("--seeds", "--config", "--workdir", "--data"):
+        assert flag in proc.stdout
