@@ -102,8 +102,9 @@ def base_config(
         "bucket_step": 16,
         "train_split": "train",
         "eval_split": "validation",
-        "eval_examples": 0,  # > 0: evaluate during training on the split's first N rows
-        "test_examples": 0,  # > 0: only the test split's first N rows (quick or costly evals)
+        # > 0: N rows of the split, drawn with a fixed seed (the same in every run)
+        "eval_examples": 0,  # validation during training
+        "test_examples": 0,  # the test split (quick or costly evaluations)
         "test_split": "test",
         "on_bad_row": "error",  # or "drop": bad rows dropped and counted per reason
     }

@@ -14,6 +14,7 @@ import re
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from ftjax import checkpoints, methods, partition, sharding, tasks
@@ -118,10 +119,12 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
             f"config.data: split(s) {missing} not in {source} (it has {list(splits)})"
         )
     rows = {role: splits[name] for role, name in wanted.items()}
-    # The first N rows: a cut the results show (their example count), never a sample.
+    # N rows drawn with a fixed seed, the same in every run (datasets are often sorted,
+    # e.g. by label, so the first N would be a biased cut); kept in dataset order.
     for role, limit in (("validation", d.eval_examples), ("test", d.test_examples)):
-        if role in rows and limit:
-            rows[role] = rows[role].select(range(min(limit, len(rows[role]))))
+        if role in rows and 0 < limit < len(rows[role]):
+            chosen = np.random.default_rng(0).permutation(len(rows[role]))[:limit]
+            rows[role] = rows[role].select(np.sort(chosen))
     task.prepare_data(splits)
     encoded = {role: task.encode(rows[role], name) for role, name in wanted.items()}
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ftjax.batching import pad_batch  # noqa: E402
+from ftjax.data import load_splits  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
 from ftjax.tasks import TaskError, standalone  # noqa: E402
 from tests.helpers import synthetic  # noqa: E402
@@ -80,6 +81,27 @@ def test_masking_follows_bert(tiny, caplog):
     # A different key masks other tokens (dynamic masking).
     _, again = task.mask_tokens(jnp.asarray(ids), jnp.asarray(real), jax.random.PRNGKey(4))
     assert (np.asarray(again) != picked).any()
+
+
+def test_whole_word_masking_picks_every_piece_of_a_word(tiny):
+    task, _ = lm_task(tiny["bert"], max_length=64, whole_word_mask=True)
+    rows = load_splits("sentiment")["train"].select(range(256))
+    examples = task.encode(rows, "train")
+    batch = pad_batch(examples, np.arange(len(examples)), len(examples), {"source": [64]})
+    ids, real = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]) > 0
+    heads = np.asarray(batch["word_head"])
+    _, picked = task.mask_tokens(ids, real, jax.random.PRNGKey(3), jnp.asarray(heads))
+    picked, ids = np.asarray(picked), np.asarray(ids)
+    pieces = np.vectorize(lambda t: t.startswith("##"))(
+        np.asarray(task.tokenizer.convert_ids_to_tokens(ids.ravel())).reshape(ids.shape)
+    )
+    rows_, cols = np.nonzero(pieces & np.asarray(real))
+    assert len(rows_) > 100  # real reviews hold many multi-piece words
+    assert (heads[rows_, cols] < cols).all()  # a "##" piece points back to its word
+    assert (picked[rows_, cols] == picked[rows_, heads[rows_, cols]]).all()
+    assert picked[rows_, cols].any()
+    eligible = np.asarray(real) & ~np.isin(ids, task.tokenizer.all_special_ids)
+    assert abs(picked.sum() / eligible.sum() - 0.15) < 0.03
 
 
 def test_tied_head_of_a_headless_encoder(tiny):

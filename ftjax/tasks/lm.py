@@ -3,7 +3,8 @@
 `task.objective` "causal" (decoders: every real token predicts the next) or "masked"
 (BERT-style encoders: `task.mask_probability` of the real, non-special tokens are picked;
 80% of them become [MASK], 10% a random token, 10% stay, and only they are predicted —
-Devlin et al. 2019). "auto" picks by family. Masking is drawn on device from the step's
+Devlin et al. 2019; `task.whole_word_mask` picks whole words, each word's tokens
+together). "auto" picks by family. Masking is drawn on device from the step's
 random key, so every epoch masks afresh and a resumed run masks as the original did;
 evaluation masks with a fixed key, so its perplexity is comparable across checkpoints.
 
@@ -52,7 +53,7 @@ class LanguageModeling(Task):
     name = "language_modeling"
     metrics = ("perplexity",)
     lower_is_better = frozenset({"loss", "perplexity"})
-    task_defaults = {"objective": "auto", "mask_probability": 0.15}
+    task_defaults = {"objective": "auto", "mask_probability": 0.15, "whole_word_mask": False}
     data_defaults = {"text_column": "text"}
 
     def objective(self, family=None) -> str:
@@ -100,11 +101,31 @@ class LanguageModeling(Task):
             if not isinstance(text, str) or not text.strip():
                 checker.reject(i, d.text_column, f"empty or missing text: {text!r}")
         keep = checker.good(len(texts))
-        ids, _, truncated = tokenize(self.tokenizer, [texts[i] for i in keep], None, d.max_length)
+        kept = [texts[i] for i in keep]
+        ids, _, truncated = tokenize(self.tokenizer, kept, None, d.max_length)
+        arrays = {"input_ids": ids}
         layout = {"input_ids": Seq("source", self.tokenizer.pad_token_id)}
-        return Examples(
-            {"input_ids": ids}, layout, keep, report=checker.report(len(keep), truncated)
-        )
+        if self.config.task.whole_word_mask and self.objective() == "masked":
+            arrays["word_head"], layout["word_head"] = self.word_heads(kept, ids), Seq("source")
+        return Examples(arrays, layout, keep, report=checker.report(len(keep), truncated))
+
+    def word_heads(self, texts: list[str], ids: list[np.ndarray]) -> list[np.ndarray]:
+        """Per token, the position of its word's first token (special tokens: their own),
+        so whole-word masking decides once per word."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.config.data.max_length)
+        heads = []
+        for i, row in enumerate(ids):
+            words = encoded.word_ids(i)
+            if len(words) != len(row):
+                raise TaskError(f"task.whole_word_mask: row {i} tokenizes differently twice")
+            first: dict[int, int] = {}
+            heads.append(
+                np.asarray(
+                    [j if w is None else first.setdefault(w, j) for j, w in enumerate(words)],
+                    np.int32,
+                )
+            )
+        return heads
 
     # ------------------------------------------------------------------ device
 
@@ -116,7 +137,7 @@ class LanguageModeling(Task):
             jax.random.split(rng) if rng is not None else (jax.random.PRNGKey(EVAL_MASK_SEED), None)
         )
         if self.objective() == "masked":
-            inputs, counted = self.mask_tokens(ids, real, mask_key)
+            inputs, counted = self.mask_tokens(ids, real, mask_key, batch.get("word_head"))
             targets = ids
         else:
             inputs, counted, targets = ids, real[:, 1:] & real[:, :-1], ids[:, 1:]
@@ -131,15 +152,15 @@ class LanguageModeling(Task):
             logits = logits[:, :-1]
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets), counted
 
-    def mask_tokens(self, ids, real, key) -> tuple[jax.Array, jax.Array]:
-        """BERT's corruption: (inputs, which positions are predicted)."""
+    def mask_tokens(self, ids, real, key, word_head=None) -> tuple[jax.Array, jax.Array]:
+        """BERT's corruption: (inputs, which positions are predicted). With `word_head`
+        (whole-word masking) every token of a word follows its first token's draw."""
         special = jnp.isin(ids, jnp.asarray(self.tokenizer.all_special_ids, ids.dtype))
         pick_key, kind_key, token_key = jax.random.split(key, 3)
-        picked = (
-            real
-            & ~special
-            & (jax.random.uniform(pick_key, ids.shape) < self.config.task.mask_probability)
-        )
+        draws = jax.random.uniform(pick_key, ids.shape)
+        if word_head is not None:
+            draws = jnp.take_along_axis(draws, word_head, axis=1)
+        picked = real & ~special & (draws < self.config.task.mask_probability)
         kind = jax.random.uniform(kind_key, ids.shape)
         noise = jax.random.randint(token_key, ids.shape, 0, self.model.config.vocab_size, ids.dtype)
         inputs = jnp.where(picked & (kind < 0.8), self.tokenizer.mask_token_id, ids)
