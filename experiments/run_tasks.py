@@ -76,6 +76,8 @@ def main() -> int:
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--out", default=str(ROOT / "experiments" / "tasks.md"))
     args, extra = parser.parse_known_args()
+    # A "--" before the extra flags would make absl stop reading flags there, silently.
+    extra = [flag for flag in extra if flag != "--"]
     rows = []
     for spec in args.runs.split(","):
         config, method = spec.split(":")
