@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import datasets
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +103,28 @@ def test_whole_word_masking_picks_every_piece_of_a_word(tiny):
     assert picked[rows_, cols].any()
     eligible = np.asarray(real) & ~np.isin(ids, task.tokenizer.all_special_ids)
     assert abs(picked.sum() / eligible.sum() - 0.15) < 0.03
+
+
+def test_packing_fills_rows_and_keeps_every_token(tiny):
+    texts = list(load_splits("sentiment")["train"].select(range(40))["text"])
+    rows = datasets.Dataset.from_dict({"text": texts})
+    causal, _ = lm_task(tiny["gpt2"], max_length=32, pack=True)
+    packed = causal.encode(rows, "train")
+    ids = packed.arrays["input_ids"]
+    assert all(len(r) == 32 for r in ids[:-1]) and 0 < len(ids[-1]) <= 32
+    eos = causal.model.config.eos_token_id
+    docs = causal.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert np.concatenate(ids).tolist() == [t for doc in docs for t in [*doc, eos]]
+    assert packed.report["packed_texts"] == 40 and packed.report["examples"] == len(ids)
+    assert packed.rows[0] == 0 and (np.diff(packed.rows) >= 0).all() and packed.rows[-1] <= 39
+    # A masked LM packs [CLS] text [SEP] units; word heads stay inside their row.
+    masked, _ = lm_task(tiny["bert"], max_length=32, pack=True, whole_word_mask=True)
+    packed = masked.encode(rows, "train")
+    expected = [t for doc in masked.tokenizer(texts)["input_ids"] for t in doc]
+    assert np.concatenate(packed.arrays["input_ids"]).tolist() == expected
+    for heads in packed.arrays["word_head"]:
+        assert (heads >= 0).all() and (heads <= np.arange(len(heads))).all()
+    assert any((h < np.arange(len(h))).any() for h in packed.arrays["word_head"])
 
 
 def test_tied_head_of_a_headless_encoder(tiny):

@@ -4,8 +4,9 @@
 (BERT-style encoders: `task.mask_probability` of the real, non-special tokens are picked;
 80% of them become [MASK], 10% a random token, 10% stay, and only they are predicted —
 Devlin et al. 2019; `task.whole_word_mask` picks whole words, each word's tokens
-together). "auto" picks by family. Masking is drawn on device from the step's
-random key, so every epoch masks afresh and a resumed run masks as the original did;
+together). `task.pack` puts the texts back to back in full rows of `data.max_length`.
+"auto" picks by family. Masking is drawn on device from the step's random key, so every
+epoch masks afresh and a resumed run masks as the original did;
 evaluation masks with a fixed key, so its perplexity is comparable across checkpoints.
 
 A masked LM needs an MLM head: checkpoints that have one (BertForMaskedLM) load it;
@@ -53,7 +54,12 @@ class LanguageModeling(Task):
     name = "language_modeling"
     metrics = ("perplexity",)
     lower_is_better = frozenset({"loss", "perplexity"})
-    task_defaults = {"objective": "auto", "mask_probability": 0.15, "whole_word_mask": False}
+    task_defaults = {
+        "objective": "auto",
+        "mask_probability": 0.15,
+        "whole_word_mask": False,
+        "pack": False,  # texts back to back, cut into full rows of data.max_length
+    }
     data_defaults = {"text_column": "text"}
 
     def objective(self, family=None) -> str:
@@ -102,17 +108,26 @@ class LanguageModeling(Task):
                 checker.reject(i, d.text_column, f"empty or missing text: {text!r}")
         keep = checker.good(len(texts))
         kept = [texts[i] for i in keep]
-        ids, _, truncated = tokenize(self.tokenizer, kept, None, d.max_length)
+        whole_words = self.config.task.whole_word_mask and self.objective() == "masked"
+        if self.config.task.pack:
+            ids, heads, rows = self.packed(kept)
+            report = checker.report(len(ids), 0, packed_texts=len(kept))
+            keep = keep[rows]
+        else:
+            ids, _, truncated = tokenize(self.tokenizer, kept, None, d.max_length)
+            heads = self.word_heads(kept, ids, d.max_length) if whole_words else None
+            report = checker.report(len(keep), truncated)
         arrays = {"input_ids": ids}
         layout = {"input_ids": Seq("source", self.tokenizer.pad_token_id)}
-        if self.config.task.whole_word_mask and self.objective() == "masked":
-            arrays["word_head"], layout["word_head"] = self.word_heads(kept, ids), Seq("source")
-        return Examples(arrays, layout, keep, report=checker.report(len(keep), truncated))
+        if whole_words:
+            arrays["word_head"], layout["word_head"] = heads, Seq("source")
+        return Examples(arrays, layout, keep, report=report)
 
-    def word_heads(self, texts: list[str], ids: list[np.ndarray]) -> list[np.ndarray]:
+    def word_heads(self, texts: list[str], ids: list[np.ndarray], limit: int | None):
         """Per token, the position of its word's first token (special tokens: their own),
         so whole-word masking decides once per word."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.config.data.max_length)
+        cut = {"truncation": True, "max_length": limit} if limit else {}
+        encoded = self.tokenizer(texts, **cut)
         heads = []
         for i, row in enumerate(ids):
             words = encoded.word_ids(i)
@@ -126,6 +141,35 @@ class LanguageModeling(Task):
                 )
             )
         return heads
+
+    def packed(self, texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """(rows, word heads, first text of each row): every text's tokens back to back
+        (a causal LM's each followed by EOS; a masked LM's with its [CLS] ... [SEP]), cut
+        into rows of data.max_length; only the last row is shorter. Attention crosses
+        text boundaries, as in GPT-style packing."""
+        limit, causal = self.config.data.max_length, self.objective() == "causal"
+        if causal:
+            eos = getattr(self.model.config, "eos_token_id", None)
+            if eos is None:
+                raise TaskError("task.pack: the model has no EOS token to separate texts")
+            pieces = [
+                [*x, eos] for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            ]
+        else:
+            pieces = self.tokenizer(texts)["input_ids"]
+        lengths = np.array([len(x) for x in pieces])
+        stream = np.concatenate([np.asarray(x, np.int32) for x in pieces])
+        heads = np.arange(len(stream), dtype=np.int32)
+        if self.config.task.whole_word_mask and not causal:
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            local = self.word_heads(texts, pieces, None)
+            heads = np.concatenate([h + start for h, start in zip(local, starts, strict=True)])
+        cuts = range(0, len(stream), limit)
+        # A word cut by a row boundary starts afresh in the next row.
+        rows = [stream[c : c + limit] for c in cuts]
+        row_heads = [np.maximum(heads[c : c + limit], c) - c for c in cuts]
+        owner = np.searchsorted(np.cumsum(lengths), np.array(cuts), side="right")
+        return rows, row_heads, owner
 
     # ------------------------------------------------------------------ device
 
