@@ -33,23 +33,13 @@ STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step
 
 
 def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
-    from ftjax import checkpoints, experiment, loop, state, steps
+    from ftjax import steps
+    from ftjax.loop import restore_run
 
     workdir = Path(workdir)
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    exp = experiment.build(config, data_override=data)
-    initial, shardings = state.initial_state(exp)
-    mngr = loop.checkpoint_manager(config, workdir)
-    chosen = {"latest": mngr.latest_step(), "best": mngr.best_step()}.get(step)
-    chosen = int(step) if chosen is None and step.isdigit() else chosen
-    if chosen is None:
-        raise SystemExit(f"{workdir}: no checkpoint for --step={step}")
-    restored, meta = checkpoints.restore(mngr, initial, chosen)
-    if meta["frozen_hash"] != exp.frozen_hash:
-        raise checkpoints.ResumeError(f"{workdir}: the frozen params differ from training's")
+    exp, restored, shardings, chosen = restore_run(workdir, step, data)
     metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
-    mngr.close()
-    return _write(workdir, data, {"step": chosen, "data": data or config.data.name}, metrics)
+    return _write(workdir, data, {"step": chosen, "data": data or exp.config.data.name}, metrics)
 
 
 def evaluate_untrained(

@@ -52,6 +52,37 @@ def checkpoint_manager(config: ml_collections.ConfigDict, workdir: Path):
     return checkpoints.manager(workdir / "checkpoints", config.train.keep, metric, higher_is_better)
 
 
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+
+
+def chosen_step(mngr, step: str, workdir: Path) -> int:
+    """The checkpoint `step` names: latest, best or a number."""
+    chosen = {"latest": mngr.latest_step(), "best": mngr.best_step()}.get(step)
+    chosen = int(step) if chosen is None and str(step).isdigit() else chosen
+    if chosen is None:
+        raise checkpoints.ResumeError(f"{workdir}: no checkpoint for step={step}")
+    return chosen
+
+
+def restore_run(workdir: str | Path, step: str = "latest", data: str | None = None):
+    """(experiment, restored state, state shardings, step) of a workdir's checkpoint
+    `step` (latest, best or a number), its frozen params checked against training's."""
+    workdir = Path(workdir)
+    config = run_config(workdir)
+    exp = build(config, data_override=data)
+    initial, shardings = initial_state(exp)
+    mngr = checkpoint_manager(config, workdir)
+    try:
+        chosen = chosen_step(mngr, step, workdir)
+        restored, meta = checkpoints.restore(mngr, initial, chosen)
+    finally:
+        mngr.close()
+    if meta["frozen_hash"] != exp.frozen_hash:
+        raise checkpoints.ResumeError(f"{workdir}: the frozen params differ from training's")
+    return exp, restored, shardings, chosen
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 

@@ -55,11 +55,16 @@ def _model_asset_names() -> frozenset[str]:
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     """The local folder holding a checkpoint named by asset name, path or hub id (or the
-    path of a .gguf file)."""
+    path of a .gguf file); an ftjax workdir gives its latest checkpoint's backbone
+    (`ftjax.export`)."""
     name = os.fspath(name_or_path)
     kind = sources.classify_source(name, _model_asset_names)
     if kind == "path":
         path = Path(name).expanduser()
+        from ftjax import export  # a workdir: its trained backbone, exported once
+
+        if export.is_run(path):
+            return export.export_backbone(path)
         if not (path / "config.json").is_file() and gguf.find(path) is None:
             raise CheckpointError(
                 f"{path} has no config.json (nor one .gguf file): not a checkpoint folder"
