@@ -76,3 +76,16 @@ def test_lora_run_exports_merged_kernels(tmp_path, shallow_checkpoints, data):
     (refused / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ExportError, match="method prefix adds parameters"):
         from_pretrained(refused)
+
+
+def test_t5_span_corruption_run_is_a_model_source(tmp_path, shallow_checkpoints, data):
+    config = tiny_run_config(
+        "lm", shallow_checkpoints["t5"], data, train__epochs=1, task__sentinel_format="[unused{}]"
+    )
+    results = loop.run(config, tmp_path / "t5")
+    assert np.isfinite(results["test"]["perplexity"]) and results["test"]["tokens"] > 0
+    model, params = from_pretrained(tmp_path / "t5")
+    expected = trained(tmp_path / "t5")
+    loaded = partition.flatten(params)
+    assert all(np.array_equal(loaded[p], expected[p]) for p in expected)
+    assert type(model).__name__ == "T5Model"

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from ftjax.batching import pad_batch  # noqa: E402
 from ftjax.data import load_splits  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
-from ftjax.tasks import TaskError, standalone  # noqa: E402
+from ftjax.tasks import TaskError, span_corruption, standalone  # noqa: E402
 from tests.helpers import synthetic  # noqa: E402
 from tests.helpers.tiny import make_checkpoint  # noqa: E402
 from tests.test_model_parity import TOL, max_diff, padded_batch, save_reference  # noqa: E402
@@ -44,6 +44,11 @@ def test_mlm_head_matches_transformers(tmp_path, kind):
     with torch.no_grad():
         theirs = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
     assert max_diff(ours, theirs, mask) <= TOL
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("t5"), "t5")
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +171,52 @@ def test_objectives_that_do_not_fit_are_refused(tiny):
         lm_task(tiny["gpt2"], objective="masked")
     with pytest.raises(TaskError, match="config.task.objective='next'"):
         lm_task(tiny["gpt2"], objective="next")
+
+
+def test_span_corruption_follows_t5():
+    rng = np.random.default_rng(0)
+    for length in (2, 7, 20, 113, 512):
+        noise, spans = span_corruption.span_counts(length, 0.15, 3.0)
+        for _ in range(20):
+            mask = span_corruption.noise_mask(length, 0.15, 3.0, rng)
+            assert mask.shape == (length,) and mask.sum() == noise and not mask[0]
+            starts = mask & ~np.concatenate([[False], mask[:-1]])
+            assert starts.sum() == spans  # every span non-empty, kept runs between them
+    noise, spans = span_corruption.span_counts(1000, 0.15, 3.0)
+    assert noise == 150 and spans == 50  # density 0.15, mean span 3
+    tokens = np.arange(1000, 1100, dtype=np.int32)
+    mask = span_corruption.noise_mask(len(tokens), 0.15, 3.0, rng)
+    sentinels = np.arange(99, 80, -1, dtype=np.int32)  # like T5: ids count down
+    inputs, targets = span_corruption.corrupt(tokens, mask, sentinels, eos=1)
+    assert inputs[-1] == targets[-1] == 1
+    assert (len(inputs), len(targets)) == span_corruption.corrupted_lengths(100, 0.15, 3.0)
+    used = [t for t in inputs if t in sentinels]
+    assert used == list(sentinels[: len(used)])  # in order, each once
+    assert [t for t in targets if t in sentinels] == used
+    # Putting each span back where its sentinel stands gives the original tokens.
+    spans_of, current = {}, None
+    for t in targets[:-1]:
+        if t in sentinels:
+            current = int(t)
+            spans_of[current] = []
+        else:
+            spans_of[current].append(int(t))
+    rebuilt = [x for t in inputs[:-1] for x in (spans_of[int(t)] if t in sentinels else [int(t)])]
+    assert rebuilt == tokens.tolist()
+
+
+def test_t5_examples_are_span_corrupted(tmp_path, tiny_t5):
+    task, _ = lm_task(tiny_t5, max_length=24, sentinel_format="[unused{}]")
+    assert task.objective() == "span_corruption"
+    rows = datasets.Dataset.from_list(synthetic.sentiment_rows(32, 0))
+    examples = task.encode(rows, "train")
+    sentinel = task.tokenizer.convert_tokens_to_ids("[unused0]")
+    for inputs, labels in zip(examples.arrays["input_ids"], examples.arrays["labels"], strict=True):
+        assert len(inputs) <= 24 and inputs[-1] == labels[-1] == task.model.config.eos_token_id
+        assert sentinel in inputs and labels[0] == sentinel
+    again = task.encode(rows, "train").arrays["labels"]
+    assert all(np.array_equal(a, b) for a, b in zip(again, examples.arrays["labels"], strict=True))
+    with pytest.raises(TaskError, match=r"sentinel_format='<x{}>': the tokenizer has no token"):
+        lm_task(tiny_t5, sentinel_format="<x{}>")[0].encode(rows, "train")
+    with pytest.raises(TaskError, match="span corruption is for encoder-decoders"):
+        lm_task(tiny_t5, objective="causal")

@@ -11,13 +11,15 @@ evaluation masks with a fixed key, so its perplexity is comparable across checkp
 
 A masked LM needs an MLM head: checkpoints that have one (BertForMaskedLM) load it;
 for one that has none (the MiniLM asset) it is initialised, its output projection tied
-to the word embeddings, and a warning says so. T5 pre-trains by span corruption, not a
-language-modelling objective here: use the seq2seq task.
+to the word embeddings, and a warning says so. T5 ("span_corruption", its "auto") is
+trained by T5's span corruption (`span_corruption.py`): drawn once per example from
+`task.noise_seed`, with the sentinels `task.sentinel_format` names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import jax
@@ -25,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax.batching import Examples, Seq
+from ftjax.batching import IGNORE, Examples, Seq
 from ftjax.models import hub
-from ftjax.tasks import scoring
+from ftjax.tasks import scoring, span_corruption
 from ftjax.tasks.base import RowChecker, Task, TaskError, log, masked_mean, require_columns
 from ftjax.tasks.classification import tokenize
 
-OBJECTIVES = ("auto", "causal", "masked")
+OBJECTIVES = ("auto", "causal", "masked", "span_corruption")
 EVAL_MASK_SEED = 0
 
 
@@ -59,28 +61,39 @@ class LanguageModeling(Task):
         "mask_probability": 0.15,
         "whole_word_mask": False,
         "pack": False,  # texts back to back, cut into full rows of data.max_length
+        # span_corruption (T5): share of tokens dropped, mean span length, sentinel tokens
+        "noise_density": 0.15,
+        "mean_span": 3.0,
+        "sentinel_format": "<extra_id_{}>",
+        "noise_seed": 0,  # the corruption is drawn once per example, from this seed
     }
     data_defaults = {"text_column": "text"}
 
-    def objective(self, family=None) -> str:
+    def objective(self, model=None) -> str:
+        """The objective for `model` (default: the attached one)."""
         chosen = self.config.task.objective
         if chosen not in OBJECTIVES:
             raise TaskError(f"config.task.objective={chosen!r}; known: {', '.join(OBJECTIVES)}")
         if chosen == "auto":
-            return "causal" if (family or self.family).causal else "masked"
+            model = model or self.model
+            family = hub.family_of(model)
+            if len(family.stacks(model.config)) == 2:
+                return "span_corruption"
+            return "causal" if family.causal else "masked"
         return chosen
 
     def prepare_model(self, model):
-        if self.objective(hub.family_of(model)) == "masked":
+        if self.objective(model) == "masked":
             return with_mlm_head(model, self.name, self.config.model.name)
         return model
 
     def check_model(self, family) -> None:
-        objective = self.objective(family)
-        if len(family.stacks(self.model.config)) == 2:
+        objective = self.objective()
+        encoder_decoder = len(family.stacks(self.model.config)) == 2
+        if encoder_decoder != (objective == "span_corruption"):
             raise TaskError(
-                "task language_modeling: T5 pre-trains by span corruption, which is not a "
-                "language-modelling objective here; use task seq2seq"
+                f"config.task.objective={objective!r} on {type(self.model).__name__}: span "
+                "corruption is for encoder-decoders (T5), and T5 pre-trains by it alone"
             )
         if objective == "causal" and not family.causal:
             raise TaskError(
@@ -109,6 +122,8 @@ class LanguageModeling(Task):
         keep = checker.good(len(texts))
         kept = [texts[i] for i in keep]
         whole_words = self.config.task.whole_word_mask and self.objective() == "masked"
+        if self.objective() == "span_corruption":
+            return self.span_corrupted(kept, keep, split, checker)
         if self.config.task.pack:
             ids, heads, rows = self.packed(kept)
             report = checker.report(len(ids), 0, packed_texts=len(kept))
@@ -122,6 +137,64 @@ class LanguageModeling(Task):
         if whole_words:
             arrays["word_head"], layout["word_head"] = heads, Seq("source")
         return Examples(arrays, layout, keep, report=report)
+
+    def span_corrupted(self, texts, keep, split: str, checker) -> Examples:
+        """T5 inputs with noise spans replaced by sentinels, and the spans as targets
+        (`span_corruption.py`); each text cut so that its input fits data.max_length."""
+        t, limit = self.config.task, self.config.data.max_length
+        eos = int(self.model.config.eos_token_id)
+        longest = max(n for n in range(2, 4 * limit) if self._lengths(n)[0] <= limit)
+        sentinels = self.sentinel_ids(span_corruption.span_counts(longest, *self._noise())[1])
+        pad = self.tokenizer.pad_token_id
+        start = self.model.config.decoder_start_token_id
+        arrays: dict[str, list] = {"input_ids": [], "decoder_input_ids": [], "labels": []}
+        tokens_of = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        truncated = 0
+        for row, tokens in zip(keep, tokens_of, strict=True):
+            truncated += len(tokens) > longest
+            tokens = np.asarray(tokens[:longest], np.int32)
+            if len(tokens) < 2:
+                tokens = np.concatenate([tokens, [eos]])[:2]  # nothing to corrupt otherwise
+            rng = np.random.default_rng([t.noise_seed, zlib.crc32(split.encode()), int(row)])
+            mask = span_corruption.noise_mask(len(tokens), *self._noise(), rng)
+            inputs, targets = span_corruption.corrupt(tokens, mask, sentinels, eos)
+            arrays["input_ids"].append(inputs)
+            arrays["labels"].append(targets)
+            arrays["decoder_input_ids"].append(
+                np.concatenate([[start], targets[:-1]]).astype(np.int32)
+            )
+        layout = {
+            "input_ids": Seq("source", pad),
+            "decoder_input_ids": Seq("target", pad),
+            "labels": Seq("target", IGNORE),
+        }
+        return Examples(arrays, layout, keep, report=checker.report(len(keep), truncated))
+
+    def _noise(self) -> tuple[float, float]:
+        return self.config.task.noise_density, self.config.task.mean_span
+
+    def _lengths(self, n: int) -> tuple[int, int]:
+        return span_corruption.corrupted_lengths(n, *self._noise())
+
+    def sentinel_ids(self, count: int) -> np.ndarray:
+        """Token ids of the first `count` sentinels (`task.sentinel_format`)."""
+        fmt = self.config.task.sentinel_format
+        names = [fmt.format(i) for i in range(count)]
+        ids = self.tokenizer.convert_tokens_to_ids(names)
+        unknown = [n for n, i in zip(names, ids, strict=True)
+                   if i is None or i == self.tokenizer.unk_token_id]  # fmt: skip
+        if unknown:
+            raise TaskError(
+                f"config.task.sentinel_format={fmt!r}: the tokenizer has no token "
+                f"{unknown[0]!r} (span corruption needs {count} sentinels)"
+            )
+        return np.asarray(ids, np.int32)
+
+    def group_limits(self) -> dict[str, int]:
+        limit = self.config.data.max_length
+        if self.objective() == "span_corruption":
+            return {"source": limit, "target": limit}
+        return {"source": limit}
 
     def word_heads(self, texts: list[str], ids: list[np.ndarray], limit: int | None):
         """Per token, the position of its word's first token (special tokens: their own),
@@ -180,6 +253,8 @@ class LanguageModeling(Task):
         mask_key, dropout_key = (
             jax.random.split(rng) if rng is not None else (jax.random.PRNGKey(EVAL_MASK_SEED), None)
         )
+        if self.objective() == "span_corruption":
+            return self.target_losses(params, batch, dropout_key)
         if self.objective() == "masked":
             inputs, counted = self.mask_tokens(ids, real, mask_key, batch.get("word_head"))
             targets = ids
@@ -195,6 +270,22 @@ class LanguageModeling(Task):
         if self.objective() == "causal":
             logits = logits[:, :-1]
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets), counted
+
+    def target_losses(self, params, batch, rng) -> tuple[jax.Array, jax.Array]:
+        """Span corruption: the decoder's losses on the target spans (teacher forcing)."""
+        logits = self.model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["decoder_input_ids"],
+            batch["decoder_attention_mask"],
+            deterministic=rng is None,
+            rngs={"dropout": rng} if rng is not None else None,
+        ).logits.astype(jnp.float32)
+        labels = batch["labels"]
+        counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        return losses, counted
 
     def mask_tokens(self, ids, real, key, word_head=None) -> tuple[jax.Array, jax.Array]:
         """BERT's corruption: (inputs, which positions are predicted). With `word_head`
