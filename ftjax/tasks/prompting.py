@@ -274,7 +274,7 @@ class Prompting(Task):
 
     def _frame_length(self) -> int:
         """Tokens a unit takes with an empty input text (template, demonstrations)."""
-        text, span = self.unit("", "" if self.config.data.text_pair_column else None)
+        text, _ = self.unit("", "" if self.config.data.text_pair_column else None)
         return len(self.tokenizer(text, add_special_tokens=self.scorer != "causal")["input_ids"])
 
     def _longest_unit(self, splits) -> int:
