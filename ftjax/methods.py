@@ -424,7 +424,8 @@ def table(
         features = jnp.zeros((1, new_model.config.hidden_size))
         head = Head(num_labels).init(jax.random.PRNGKey(0), features)["params"]
         new_params = {**new_params, "head": nn.unbox(head)}
-        lines.append(method_row(method, new_params, trainable_mask(method, new_params)))
+        mask = trainable_mask(method, new_params, training=False)  # none: a row of zeros
+        lines.append(method_row(method, new_params, mask))
     return "\n".join(lines)
 
 

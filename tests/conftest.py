@@ -33,6 +33,14 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> None:
 jax.config.update("jax_default_prng_impl", "rbg")
 
 
+@pytest.fixture(autouse=True)
+def _suite_prng_impl():
+    """`experiment.build` sets the run's PRNG implementation process-wide; put the
+    suite's back after every test, so no test depends on which ran before it."""
+    yield
+    jax.config.update("jax_default_prng_impl", "rbg")
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict:
     """Tiny random checkpoints of each family (MiniLM's tokenizer), one set per module."""

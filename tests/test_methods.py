@@ -139,9 +139,9 @@ def test_bitfit_on_t5_is_a_clear_error():
         with_method_mask("t5", "bitfit")
 
 
-def with_method_mask(family, name, options=None):
+def with_method_mask(family, name, options=None, training=True):
     method, _, params = with_method(family, name, options)
-    return methods.trainable_mask(method, params)
+    return methods.trainable_mask(method, params, training=training)
 
 
 @pytest.mark.parametrize("family", CONFIGS)
@@ -307,6 +307,8 @@ def closed_form(family, name):
         "bert": LAYERS * (4 * H + FF + H) + (2 * LAYERS + 1) * H + H,
         "gpt2": LAYERS * (4 * H + FF + H) + (2 * LAYERS + 1) * H,
     }.get(family, 0)
+    if name == "none":
+        return 0  # not even the head
     return (
         head
         + {
@@ -327,7 +329,10 @@ def closed_form(family, name):
 @pytest.mark.parametrize("family, name", ALL)
 def test_trainable_counts_match_closed_form(family, name):
     _, _, params = with_method(family, name)
-    mask = with_method_mask(family, name)
+    if name == "none":  # only an evaluation may train nothing
+        with pytest.raises(methods.MethodError, match="method none trains nothing"):
+            with_method_mask(family, name)
+    mask = with_method_mask(family, name, training=name != "none")
     flat = partition.flatten(params)
     counted = sum(int(np.prod(flat[p].shape)) for p, m in mask.items() if m)
     assert counted == closed_form(family, name)

@@ -105,6 +105,10 @@ def check_every_method(tmp_path, checkpoints, config_name, family=None):
             with pytest.raises(partition.PatternError, match=r"\.\*/bias"):
                 build(config)
             continue
+        if name == "none":  # trains nothing: refused for training, by name
+            with pytest.raises(methods.MethodError, match="method none trains nothing"):
+                build(config)
+            continue
         if name == "probe" and config_name in HEADLESS:
             with pytest.raises(methods.MethodError, match="trains nothing .the task has no head"):
                 build(config)
