@@ -14,11 +14,11 @@ DATA = Path(__file__).resolve().parents[1] / "experiments" / "data" / "capitals"
 
 
 def get_config(arg=None):
-    arg = arg if arg and "method=" in arg else ",".join(filter(None, [arg, "method=none"]))
     config = base_config(
         arg,
         task="seq2seq",
         data=str(DATA),
+        default_method="none",
         source_column="state",
         target_column="capital",
         label_column="",

@@ -20,8 +20,9 @@ from ftjax.config import base_config
 
 
 def get_config(arg=None):
-    arg = arg if arg and "method=" in arg else ",".join(filter(None, [arg, "method=none"]))
-    config = base_config(arg, task="prompting", data="sentiment", max_length=256)
+    config = base_config(
+        arg, task="prompting", data="sentiment", default_method="none", max_length=256
+    )
     config.task.template = "Review: {text}\nSentiment:"
     config.task.label_words = ("negative", "positive")
     return config

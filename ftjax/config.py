@@ -70,11 +70,17 @@ def method_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def base_config(
-    arg: str | None, *, data: str, task: str = "classification", **data_fields: Any
+    arg: str | None,
+    *,
+    data: str,
+    task: str = "classification",
+    default_method: str = "lora",
+    **data_fields: Any,
 ) -> ml_collections.ConfigDict:
     """The defaults every config file starts from: `task` picks the task kind (its
     `config.task` fields and data columns come from the task class), `data` the dataset,
-    and `data_fields` override data defaults (e.g. num_labels=5)."""
+    `default_method` the method when `arg` names none, and `data_fields` override data
+    defaults (e.g. num_labels=5)."""
     from ftjax import tasks
 
     args = parse_arg(arg)
@@ -82,7 +88,7 @@ def base_config(
     if unknown:
         raise ValueError(f"config argument(s) {sorted(unknown)}: use model=, method=, dtype=")
     task_cls = tasks.task_class(task)
-    method = args.get("method", "lora")
+    method = args.get("method", default_method)
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(
         {
