@@ -59,8 +59,9 @@ def export_backbone(workdir: str | Path, step: str = "latest", out: str | Path |
     exp, state, _, _ = restore_run(workdir, str(chosen))
     every = {**state.trainable, **state.frozen}
     flat = {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
-    params = exp.task.backbone_params(partition.unflatten(flat))
-    if len(params) != len(partition.unflatten(flat)):
+    tree = partition.unflatten(flat)
+    params = exp.task.backbone_params(tree)
+    if len(params) != len(tree):
         log.info("export: %s's task head is not part of the backbone; left out", workdir)
     model = exp.task.model
     if model.config.peft.lora_rank:

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from ftjax.batching import Examples
+from ftjax.batching import IGNORE, Examples
 from ftjax.config import ConfigError
 from ftjax.models import hub
 
@@ -203,6 +204,17 @@ def dropout_rngs(rng) -> tuple[Any, Any]:
     if rng is None:
         return None, None
     return tuple(jax.random.split(rng))
+
+
+def labelled_token_losses(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy of each position against `batch["labels"]` (float32), which
+    positions count: labelled ones, IGNORE excepted, of real rows)."""
+    labels = batch["labels"]
+    counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.maximum(labels, 0)
+    )
+    return losses, counted
 
 
 def masked_mean(values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:

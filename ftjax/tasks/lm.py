@@ -30,7 +30,15 @@ import optax
 from ftjax.batching import IGNORE, Examples, Seq
 from ftjax.models import hub
 from ftjax.tasks import scoring, span_corruption
-from ftjax.tasks.base import RowChecker, Task, TaskError, log, masked_mean, require_columns
+from ftjax.tasks.base import (
+    RowChecker,
+    Task,
+    TaskError,
+    labelled_token_losses,
+    log,
+    masked_mean,
+    require_columns,
+)
 from ftjax.tasks.classification import tokenize
 
 OBJECTIVES = ("auto", "causal", "masked", "span_corruption")
@@ -281,11 +289,8 @@ class LanguageModeling(Task):
             batch["decoder_attention_mask"],
             deterministic=rng is None,
             rngs={"dropout": rng} if rng is not None else None,
-        ).logits.astype(jnp.float32)
-        labels = batch["labels"]
-        counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-        return losses, counted
+        ).logits
+        return labelled_token_losses(logits, batch)
 
     def mask_tokens(self, ids, real, key, word_head=None) -> tuple[jax.Array, jax.Array]:
         """BERT's corruption: (inputs, which positions are predicted). With `word_head`

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from ftjax import likelihood
-from ftjax.batching import Examples, Seq
+from ftjax.batching import Examples, Seq, pad_batch
 from ftjax.tasks import demonstrations
 from ftjax.tasks.base import RowChecker, Task, TaskError, log, masked_mean, require_columns
 from ftjax.tasks.classification import classification_metrics
@@ -352,24 +352,10 @@ class Prompting(Task):
     def content_free_batch(self) -> dict[str, np.ndarray]:
         """The content-free inputs (`task.content_free`) as one padded batch."""
         words = list(self.config.task.content_free)
-        pairs = words if self.config.data.text_pair_column else None
-        units, _ = self.encode_units(words, pairs)
+        units, _ = self.encode_units(words, words if self.config.data.text_pair_column else None)
         examples = self._examples(units, np.arange(len(units)))
-        width = max(len(u) for u in units)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = np.full((len(units), width), pad, np.int32)
-        mask = np.zeros((len(units), width), np.int32)
-        for i, u in enumerate(units):
-            if self.scorer == "causal":  # left padding
-                ids[i, width - len(u) :], mask[i, width - len(u) :] = u, 1
-            else:
-                ids[i, : len(u)], mask[i, : len(u)] = u, 1
-        if self.scorer == "causal":
-            return {"query": ids, "prompt_mask": mask}
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if self.scorer == "masked":
-            batch["mask_position"] = examples.arrays["mask_position"]
-        return batch
+        widths = {g: [int(examples.group_lengths(g).max())] for g in examples.groups}
+        return pad_batch(examples, np.arange(len(units)), len(units), widths)
 
     # ------------------------------------------------------------------ device
 

@@ -23,12 +23,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ftjax import generation
 from ftjax.batching import IGNORE, Examples, Seq
 from ftjax.tasks import demonstrations, scoring
-from ftjax.tasks.base import RowChecker, Task, TaskError, masked_mean, require_columns
+from ftjax.tasks.base import (
+    RowChecker,
+    Task,
+    TaskError,
+    labelled_token_losses,
+    masked_mean,
+    require_columns,
+)
 
 
 class TextToText(Task):
@@ -283,16 +289,8 @@ class TextToText(Task):
             rngs={"dropout": rng} if rng is not None else None,
         ).logits
 
-    def _token_losses(self, logits, batch):
-        labels = batch["labels"]
-        counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), jnp.maximum(labels, 0)
-        )
-        return losses, counted
-
     def loss(self, params, batch, rng=None):
-        losses, counted = self._token_losses(self.logits(params, batch, rng), batch)
+        losses, counted = labelled_token_losses(self.logits(params, batch, rng), batch)
         loss, weight = masked_mean(losses, counted)
         return loss, {"weight": weight}
 
@@ -319,7 +317,7 @@ class TextToText(Task):
         )
 
     def eval_outputs(self, params, batch):
-        losses, counted = self._token_losses(self.logits(params, batch), batch)
+        losses, counted = labelled_token_losses(self.logits(params, batch), batch)
         weights = counted.astype(jnp.float32)
         sums = {"loss_sum": (losses * weights).sum(), "count": weights.sum()}
         return sums, {"generated": self.generate(params, batch)}

@@ -15,11 +15,17 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ftjax.batching import IGNORE, Examples, Seq
 from ftjax.tasks import scoring
-from ftjax.tasks.base import RowChecker, TaskError, log, masked_mean, require_columns
+from ftjax.tasks.base import (
+    RowChecker,
+    TaskError,
+    labelled_token_losses,
+    log,
+    masked_mean,
+    require_columns,
+)
 from ftjax.tasks.token_head import TokenHeadTask
 
 OUTSIDE = "O"
@@ -149,20 +155,14 @@ class TokenClassification(TokenHeadTask):
 
     # ------------------------------------------------------------------ device
 
-    def _token_losses(self, logits, batch):
-        labels = batch["labels"]
-        labelled = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-        return losses, labelled
-
     def loss(self, params, batch, rng=None):
-        losses, labelled = self._token_losses(self.logits(params, batch, rng), batch)
+        losses, labelled = labelled_token_losses(self.logits(params, batch, rng), batch)
         loss, weight = masked_mean(losses, labelled)
         return loss, {"weight": weight}
 
     def eval_outputs(self, params, batch):
         logits = self.logits(params, batch)
-        losses, labelled = self._token_losses(logits, batch)
+        losses, labelled = labelled_token_losses(logits, batch)
         predictions = jnp.argmax(logits, -1)
         weights = labelled.astype(jnp.float32)
         sums = {
