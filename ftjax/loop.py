@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ftjax import checkpoints
+from ftjax import checkpoints, fingerprint
 from ftjax.config import best_metric
 from ftjax.experiment import Experiment, build
 from ftjax.metrics import MetricWriter, Progress
@@ -93,29 +93,57 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     workdir.mkdir(parents=True, exist_ok=True)
     exp = build(config)
     print(f"{'method':<10} {'trainable':>12} {'% total':>10}  per group\n{exp.table}", flush=True)
-    if jax.process_index() == 0:
-        save_config(config, workdir)  # after build: holds what the task resolved (labels)
     state, shardings = initial_state(exp)
     steps = Steps(exp, shardings)
     mngr = checkpoint_manager(config, workdir)
-    epoch, start = 0, 0
-    if mngr.latest_step() is not None:
-        state, meta = checkpoints.restore(mngr, state)
-        if meta["frozen_hash"] != exp.frozen_hash:
-            raise checkpoints.ResumeError(
-                f"{workdir}: the frozen params differ from those the checkpoint was trained "
-                "with (backbone or method changed); use a new --workdir"
-            )
-        epoch, start = meta["epoch"], meta["batch"]
-        print(f"resumed from step {int(state.step)} (epoch {epoch}, batch {start})", flush=True)
-
-    writer = MetricWriter(workdir)
-    try:
-        return _train_loop(exp, state, steps, mngr, writer, epoch, start)
+    try:  # the manager is closed (its pending save finished) on every way out
+        state, epoch, start = _start_or_resume(exp, state, mngr, workdir)
+        writer = MetricWriter(workdir)
+        try:
+            return _train_loop(exp, state, steps, mngr, writer, epoch, start)
+        finally:
+            writer.close()
     finally:
-        writer.close()
         mngr.wait_until_finished()
         mngr.close()
+
+
+def _start_or_resume(exp: Experiment, state, mngr, workdir: Path):
+    """(state, epoch, batch) to train from: a new run records its config; a resumed one
+    must be the same run (config fingerprint and frozen params) and keeps its record."""
+    if mngr.latest_step() is None:
+        if jax.process_index() == 0:
+            save_config(exp.config, workdir)  # after build: holds what the task resolved
+        return state, 0, 0
+    _refuse_another_run(exp.config, workdir)
+    state, meta = checkpoints.restore(mngr, state)
+    now = fingerprint.fingerprint(exp.config)
+    if meta.get("fingerprint", now) != now:  # checkpoints from before fingerprints: no check
+        raise checkpoints.ResumeError(
+            f"{workdir}: the config differs from the one its checkpoint was trained with "
+            "(config.json was edited?); use a new --workdir"
+        )
+    if meta["frozen_hash"] != exp.frozen_hash:
+        raise checkpoints.ResumeError(
+            f"{workdir}: the frozen params differ from those the checkpoint was trained "
+            "with (backbone or method changed); use a new --workdir"
+        )
+    epoch, batch = meta["epoch"], meta["batch"]
+    print(f"resumed from step {int(state.step)} (epoch {epoch}, batch {batch})", flush=True)
+    return state, epoch, batch
+
+
+def _refuse_another_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    if not (workdir / "config.json").is_file():
+        return  # the checkpoint's fingerprint still decides
+    changed = fingerprint.differences(run_config(workdir), config)
+    if changed:
+        allowed = ", ".join(f.rstrip(".") for f in fingerprint.MAY_CHANGE)
+        raise checkpoints.ResumeError(
+            f"{workdir} holds a run with another config; resuming it with this one would "
+            "train a different run. Changed: " + "; ".join(changed) + ". Use a new --workdir, "
+            f"or change only what may differ on resume ({allowed})."
+        )
 
 
 def _meta(exp: Experiment, epoch: int, batch: int) -> dict:
@@ -124,6 +152,7 @@ def _meta(exp: Experiment, epoch: int, batch: int) -> dict:
         "batch": batch,
         "seed": exp.config.train.seed,
         "frozen_hash": exp.frozen_hash,
+        "fingerprint": fingerprint.fingerprint(exp.config),
     }
 
 

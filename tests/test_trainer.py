@@ -304,3 +304,38 @@ def test_resume_refuses_a_changed_backbone(tiny, tmp_path):
     save_pretrained(BertModel(model.config), init_params(model, 1), model_dir)  # new weights
     with pytest.raises(checkpoints.ResumeError, match="frozen params differ"):
         loop.run(config, tmp_path / "w")
+
+
+def test_resume_refuses_a_changed_config_and_keeps_the_record(tiny, tmp_path):
+    """A resume with another seed, batch size or method option would silently train a
+    different run; it is refused by field, and config.json stays the original's."""
+    workdir = tmp_path / "w"
+    config = config_for(tiny, max_steps=2)
+    loop.run(config, workdir)
+    record = (workdir / "config.json").read_text()
+    changed = config_for(tiny, max_steps=2, seed=1)
+    changed.data.batch_size = 4
+    changed.method.rank = 4
+    with pytest.raises(checkpoints.ResumeError) as refused:
+        loop.run(changed, workdir)
+    for field in ("train.seed: 0 -> 1", "data.batch_size: 8 -> 4", "method.rank: 8 -> 4"):
+        assert field in str(refused.value)
+    assert (workdir / "config.json").read_text() == record
+
+    observed_differently = config_for(tiny, max_steps=2, eval_every=1)
+    observed_differently.train.log_every = 2
+    observed_differently.data.eval_batch_size = 8
+    observed_differently.mesh.update(data=1)
+    assert loop.run(observed_differently, workdir)["step"] == 2  # resumes: only tests again
+    assert (workdir / "config.json").read_text() == record
+
+
+def test_resume_checks_the_checkpoint_not_just_config_json(tiny, tmp_path):
+    """An edited config.json cannot smuggle a changed run past the check: the checkpoint
+    carries the fingerprint of the config it was trained with."""
+    workdir = tmp_path / "w"
+    loop.run(config_for(tiny, max_steps=2), workdir)
+    changed = config_for(tiny, max_steps=2, seed=3)
+    loop.save_config(changed, workdir)
+    with pytest.raises(checkpoints.ResumeError, match="config.json was edited"):
+        loop.run(changed, workdir)
