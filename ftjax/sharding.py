@@ -100,15 +100,20 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def global_batch(
-    local: Mapping[str, np.ndarray], mesh: Mesh, micro_batches: bool = False
+    host: Mapping[str, np.ndarray], mesh: Mesh, micro_batches: bool = False
 ) -> dict[str, jax.Array]:
-    """Assembles each process's rows into global arrays sharded over the batch axes.
+    """The whole batch, as every process holds it, placed by its batch sharding.
 
-    On one host `local` is the whole batch; on several, each passes its own slice.
+    Every process passes the same host batch (the loader is deterministic); each cuts
+    from it the rows its own devices' shards need. Which rows those are follows from the
+    sharding alone, so this is right however the mesh's batch axes fall across processes:
+    with tensor parallelism across hosts, every process supplies every row.
     """
     return {
-        key: jax.make_array_from_process_local_data(
-            batch_sharding(mesh, value.ndim, micro_batches), value
+        key: jax.make_array_from_callback(
+            value.shape,
+            batch_sharding(mesh, value.ndim, micro_batches),
+            lambda index, value=value: value[index],
         )
-        for key, value in local.items()
+        for key, value in host.items()
     }

@@ -19,19 +19,17 @@ from ftjax.experiment import Experiment
 from ftjax.train import TrainState, make_train_step
 
 
-def local_rows(batch: dict, accumulate: int) -> dict:
-    """This process's share of a global batch, split into micro-batches if accumulating."""
-    count, index = jax.process_count(), jax.process_index()
-    out = {}
-    for key, value in batch.items():
-        rows = len(value) // count
-        mine = value[index * rows : (index + 1) * rows]
-        out[key] = mine.reshape(accumulate, -1, *mine.shape[1:]) if accumulate > 1 else mine
-    return out
+def split_micro_batches(batch: dict, accumulate: int) -> dict:
+    """(accumulate, rows / accumulate, ...) per field when accumulating gradients."""
+    if accumulate == 1:
+        return batch
+    return {k: v.reshape(accumulate, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
 def to_global(exp: Experiment, batch: dict, accumulate: int = 1) -> dict:
-    return sharding.global_batch(local_rows(batch, accumulate), exp.mesh, accumulate > 1)
+    """The loader's whole batch (the same on every process) as global arrays on the mesh:
+    train micro-batches and eval batches alike."""
+    return sharding.global_batch(split_micro_batches(batch, accumulate), exp.mesh, accumulate > 1)
 
 
 def shape_key(batch: dict) -> tuple:

@@ -259,40 +259,6 @@ def test_misspelt_field_from_the_shell_is_named():
     assert "rnak" in proc.stderr
 
 
-def test_two_processes_match_one(tiny):
-    """Multi-host: two processes on 127.0.0.1 (gloo), each feeding its half of every batch."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    # One device per process.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=xla.flags(device_count=1))
-    cmd = [sys.executable, "-m", "tests.helpers.multihost", str(tiny[0]), str(tiny[1])]
-    procs = [
-        subprocess.Popen(
-            [*cmd, str(pid), port],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for pid in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    alone = subprocess.run(
-        [*cmd, "-1", port], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    two = json.loads(outputs[0][0].strip().splitlines()[-1])
-    one = json.loads(alone.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
-    assert two["accuracy"] == one["accuracy"]
-
-
 def test_resume_refuses_a_changed_backbone(tiny, tmp_path):
     """Checkpoints hold only what trains; the reloaded frozen backbone must hash the same."""
     from ftjax.models import BertModel, from_pretrained, init_params, save_pretrained
