@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ftjax import checkpoints, fingerprint
 from ftjax.config import best_metric
@@ -33,7 +34,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class StopFlag:
-    """SIGTERM / SIGINT ask the loop to finish its step, save and exit cleanly."""
+    """SIGTERM / SIGINT ask the loop to finish its step, save and exit cleanly.
+
+    A signal may reach one host only; the save that follows is collective, so every
+    process must stop at the same step (`agreed`), or the others train on and deadlock.
+    """
 
     def __init__(self):
         self.signal: int | None = None
@@ -41,6 +46,14 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.signal = signum
+
+    def agreed(self) -> int | None:
+        """The signal any process has seen (the highest), else None. A collective when
+        there are several processes: every process calls it at every step."""
+        seen = self.signal or 0  # read once: a signal arriving later counts next step
+        if jax.process_count() > 1:
+            seen = int(np.max(multihost_utils.process_allgather(np.int32(seen))))
+        return seen or None
 
     def restore(self):
         for s, handler in self.previous.items():
@@ -195,14 +208,15 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
                     evaluated = steps.evaluate(state, "validation")
                     writer.write(step, "eval", numeric(evaluated))
                     print(f"\nstep {step}: validation " + format_metrics(evaluated), flush=True)
-                if evaluated or step % checkpoint_every == 0 or stop.signal:
+                stopping = stop.agreed()
+                if evaluated or step % checkpoint_every == 0 or stopping:
                     checkpoints.save(
                         mngr, state, _meta(exp, *position), evaluated and numeric(evaluated)
                     )
-                if stop.signal:
+                if stopping:
                     mngr.wait_until_finished()
                     print(
-                        f"\nstopped by signal {stop.signal} after step {step}; checkpoint "
+                        f"\nstopped by signal {stopping} after step {step}; checkpoint "
                         "saved, rerun the same command to resume",
                         flush=True,
                     )
