@@ -1,34 +1,41 @@
-"""A run's trained backbone as a transformers checkpoint folder, so that a run can start
-from another: continued pre-training, then fine-tuning with `model.name = WORKDIR`.
+"""A run's trained parameters, exported for PyTorch users or for another run.
 
-    from ftjax.export import export_backbone
-    folder = export_backbone("runs/mlm")          # runs/mlm/export/step_<N>/
+    python -m ftjax.export --workdir W --format peft|hf|ftjax --out DIR [--step latest|best|N]
 
-The folder holds config.json + model.safetensors (LoRA merged into the kernels; an MLM or
-LM head the task trained included) and the run's tokenizer. The task head of a
-classification-style run is not part of a backbone and is left out (logged). Methods
-whose parameters a plain checkpoint cannot hold (adapters, prefixes, soft prompts) are
-refused by name rather than dropped.
+- `peft`: `adapter_config.json` + `adapter_model.safetensors` that
+  `peft.PeftModel.from_pretrained` loads onto the transformers class matching the task
+  (`ftjax.peft_format`): LoRA on every family, prompt tuning on T5, the head under
+  `modules_to_save`.
+- `hf`: a transformers checkpoint folder, LoRA merged, the head included, config.json
+  naming the `*For<Task>` / LM class (`ftjax.hf_format`), with the tokenizer.
+- `ftjax`: every parameter as ftjax runs it (`ftjax.native_format`), for what neither
+  can represent; the reasons the other two refused are printed and stored.
+
+A refusal names the method or field and the format that would work; nothing is written
+that loads and computes something else. `export_backbone` is the run-as-model-source
+route (`model.name = WORKDIR`): the backbone only, the task head left out by name.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from ftjax import methods, partition
+from ftjax import hf_classes, hf_format, methods, native_format, partition, peft_format
+from ftjax.hf_classes import ExportError
 from ftjax.models import load_tokenizer, save_pretrained
 
 log = logging.getLogger("ftjax")
 STAMP = "ftjax_export.json"
+FORMATS = ("peft", "hf", "ftjax")
 
-
-class ExportError(ValueError):
-    """A run whose trained parameters a plain checkpoint cannot hold."""
+__all__ = ["ExportError", "export_backbone", "export_run", "is_run", "main"]
 
 
 def is_run(path: str | Path) -> bool:
@@ -40,33 +47,46 @@ def is_run(path: str | Path) -> bool:
     return {"model", "method", "task"} <= set(json.loads(config.read_text()))
 
 
+def _restore(workdir: Path, step: str):
+    """(experiment, host params pytree, chosen step) of checkpoint `step`."""
+    from ftjax.loop import restore_run
+
+    exp, state, _, chosen = restore_run(workdir, step)
+    every = {**state.trainable, **state.frozen}
+    flat = {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
+    return exp, partition.unflatten(flat), chosen
+
+
+def _chosen(workdir: Path, step: str) -> int:
+    from ftjax.loop import checkpoint_manager, chosen_step, run_config
+
+    mngr = checkpoint_manager(run_config(workdir), workdir)
+    try:
+        return chosen_step(mngr, step, workdir)
+    finally:
+        mngr.close()
+
+
 def export_backbone(workdir: str | Path, step: str = "latest", out: str | Path | None = None):
     """Writes the backbone of checkpoint `step` (latest, best or a number) and returns the
-    folder (default WORKDIR/export/step_<N>; reused when it is already there)."""
-    from ftjax.loop import checkpoint_manager, chosen_step, restore_run, run_config
+    folder (default WORKDIR/export/step_<N>; reused when it is already there). The folder
+    holds config.json + model.safetensors (LoRA merged; an MLM or LM head the task trained
+    included) and the run's tokenizer. A classification-style task head is not part of a
+    backbone: it is left out by name (`drop`), and `export_run(..., "hf")` keeps it."""
+    from ftjax.loop import run_config
 
     workdir = Path(workdir)
     config = run_config(workdir)
     refuse_unmergeable(config.method.name)
-    mngr = checkpoint_manager(config, workdir)
-    try:
-        chosen = chosen_step(mngr, step, workdir)
-    finally:
-        mngr.close()
+    chosen = _chosen(workdir, step)
     out = Path(out) if out else workdir / "export" / f"step_{chosen}"
     if (out / STAMP).is_file():
         return out
-    exp, state, _, _ = restore_run(workdir, str(chosen))
-    every = {**state.trainable, **state.frozen}
-    flat = {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
-    tree = partition.unflatten(flat)
-    params = exp.task.backbone_params(tree)
-    if len(params) != len(tree):
-        log.info("export: %s's task head is not part of the backbone; left out", workdir)
+    exp, params, _ = _restore(workdir, str(chosen))
     model = exp.task.model
     if model.config.peft.lora_rank:
         model, params, _ = methods.merge_lora(model, params)
-    save_pretrained(model, params, out)
+    save_pretrained(model, params, out, drop=(methods.HEAD_PATTERN,))
     load_tokenizer(config.model.name).save_pretrained(out)
     stamp = {"workdir": str(workdir.absolute()), "step": chosen, "source": config.model.name}
     (out / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
@@ -78,5 +98,67 @@ def refuse_unmergeable(method: str) -> None:
         raise ExportError(
             f"method {method} adds parameters a plain transformers checkpoint cannot hold; "
             "a run can start from a run that trained full, selective, BitFit, LayerNorm, "
-            "top-k or LoRA (merged)"
+            "top-k or LoRA (merged); `python -m ftjax.export --format ftjax` keeps the run"
         )
+
+
+def export_run(
+    workdir: str | Path, fmt: str, out: str | Path | None = None, step: str = "latest"
+) -> Path:
+    """Writes checkpoint `step` of the run in `fmt` (peft, hf or ftjax) to `out` (default
+    WORKDIR/export/<fmt>_step_<N>) with the run's tokenizer; returns the folder."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}; choose {', '.join(FORMATS)}")
+    workdir = Path(workdir)
+    exp, params, chosen = _restore(workdir, step)
+    out = Path(out) if out else workdir / "export" / f"{fmt}_step_{chosen}"
+    model, source = exp.task.model, exp.config.model.name
+    trained = {p for p, on in exp.mask.items() if on}
+    if fmt == "peft":
+        cls = hf_classes.task_class(exp.task, params)
+        peft_format.write_adapter(model, params, cls, out, trained, source)
+    elif fmt == "hf":
+        hf_format.write_hf(model, params, hf_classes.task_class(exp.task, params), out)
+    else:
+        why = native_reasons(exp, params, trained)
+        native_format.write(out, model, params, why, json.loads(exp.config.to_json_best_effort()))
+        log.warning("export: ftjax format: %s", why)
+    load_tokenizer(source).save_pretrained(out)
+    return out
+
+
+def native_reasons(exp, params, trained) -> str:
+    """Why the run needs the ftjax format: what `peft` and `hf` each refuse."""
+    reasons = []
+    for fmt, files in (
+        ("peft", lambda cls: peft_format.adapter_files(exp.task.model, params, cls, trained)),
+        ("hf", lambda cls: hf_format.checkpoint_files(exp.task.model, params, cls)),
+    ):
+        try:
+            files(hf_classes.task_class(exp.task, params))
+        except ExportError as err:
+            reasons.append(f"--format {fmt} refuses: {err}")
+    return "; ".join(reasons) or "written as asked (--format peft and hf would hold it too)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ftjax.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="the run's workdir")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", help="output folder (default WORKDIR/export/<format>_step_<N>)")
+    parser.add_argument("--step", default="latest", help="latest, best or a step number")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        out = export_run(args.workdir, args.format, args.out, args.step)
+    except ExportError as err:
+        print(f"ftjax.export: refused: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,10 +21,13 @@ LoRA + BitFit), `train_embeddings` and `train_head`):
 | layernorm | | every norm's scale (and bias) |
 | bitfit | | every bias (Ben Zaken et al. 2022) |
 | selective | patterns (required) | what the regexes name |
-| lora | rank=8, alpha=16, dropout=0.0, targets=family default (query, value) | LoRA factors |
+| lora | rank=8, alpha=16, dropout=0.0, targets=family default, init_from="" | LoRA factors |
 | adapter | size=64, train_norms=True | bottleneck adapters (+ norms, as Houlsby et al.) |
 | prefix | length=20, hidden=0 (>0: MLP reparameterisation) | key/value prefixes |
-| prompt | length=20, init="random" / "vocab" / "text", text="" | the soft prompt |
+| prompt | length=20, init="random" / "vocab" / "text", text="", init_from="" | the soft prompt |
+
+`init_from` (lora, prompt): a PEFT adapter folder whose parameters (rank, alpha, targets /
+prompt) start the method (`ftjax.peft_format.start_from_adapter`).
 
 `python -m ftjax.methods --model minilm` prints what each method trains.
 """
@@ -68,6 +71,7 @@ class Method:
     cache_features: bool = False  # probe: features computed once, head trained on them
     prompt_init: str = "random"
     prompt_text: str = ""
+    init_from: str = ""  # a PEFT adapter folder whose parameters start the method
 
 
 # --------------------------------------------------------------------------- registry
@@ -117,7 +121,10 @@ def _lora(
     alpha: float = 16.0,
     dropout: float = 0.0,
     targets: str | None = None,
+    init_from: str = "",
 ):
+    if init_from:  # the adapter's rank, alpha and targets replace the options
+        return Method("lora", trainable=(LORA_PATTERN,), init_from=init_from)
     if rank < 1:
         raise MethodError(f"method lora: rank={rank} must be >= 1")
     peft = PeftConfig(
@@ -143,7 +150,11 @@ def _prefix(family, config, length: int = 20, hidden: int = 0):
     return Method("prefix", peft=peft, trainable=(PREFIX_PATTERN,))
 
 
-def _prompt(family, config, length: int = 20, init: str = "random", text: str = ""):
+def _prompt(
+    family, config, length: int = 20, init: str = "random", text: str = "", init_from: str = ""
+):
+    if init_from:  # the adapter's prompt replaces the options
+        return Method("prompt", trainable=(PROMPT_PATTERN,), init_from=init_from)
     if length < 1:
         raise MethodError(f"method prompt: length={length} must be >= 1")
     if init not in ("random", "vocab", "text"):
@@ -208,7 +219,11 @@ def apply(
     method: Method, model: nn.Module, params: dict, rng: int | jax.Array = 0, tokenizer=None
 ) -> tuple[nn.Module, dict]:
     """Switches on the method's hooks; returns the new model and params (new parts random,
-    the soft prompt initialised as the method says)."""
+    the soft prompt initialised as the method says; `init_from`: a PEFT adapter's)."""
+    if method.init_from:
+        from ftjax import peft_format
+
+        return peft_format.start_from_adapter(method, model, params)
     config = dataclasses.replace(model.config, peft=method.peft)
     new_model = type(model)(config)
     _check_lora_rank(new_model, method.peft)

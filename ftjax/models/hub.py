@@ -3,7 +3,9 @@
 `from_pretrained` takes a bundled asset name ("minilm"), a local checkpoint folder
 (config.json + model.safetensors, sharded safetensors, or pytorch_model.bin read with
 `weights_only=True`) or a hub id, and returns `(model, params)`. `save_pretrained`
-writes the same layout back, so transformers' PyTorch classes load what ftjax saved.
+writes the same layout back, so transformers' PyTorch classes load what ftjax saved; it
+refuses params that layout cannot hold (LoRA factors, adapters, prefixes, a soft prompt,
+a task head) unless the caller names them in `drop` (`ftjax.export` keeps them).
 
 Every ftjax parameter that the family's tensor table names must come from the
 checkpoint (a missing or misshapen tensor is an error naming it). Parameters the table
@@ -17,7 +19,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -318,8 +322,54 @@ def override_config(config: Any, **overrides: Any) -> Any:
 # ---------------------------------------------------------------------------- saving
 
 
-def params_to_tensors(model: nn.Module, params: Params) -> dict[str, np.ndarray]:
-    """ftjax params -> HF-named numpy tensors (fused tensors reassembled)."""
+class UnsavedParamsError(CheckpointError):
+    """Params a transformers checkpoint has no tensor for; the message names them and the
+    export that keeps them."""
+
+
+# What each kind of unmapped parameter is, and the export that keeps it (`methods.kind_of`).
+KEEPS = {
+    "lora": "unmerged LoRA factors: merge them first (ftjax.methods.merge_lora), or keep "
+    "them as an adapter with `python -m ftjax.export --workdir W --format peft` (or "
+    "`--format hf`, which merges them)",
+    "head": "the task head: `python -m ftjax.export --workdir W --format hf` writes it as "
+    "the matching *For<Task> class, `--format peft` under modules_to_save",
+    "adapter": "bottleneck adapters: no transformers or PEFT equivalent; `python -m "
+    "ftjax.export --workdir W --format ftjax`",
+    "prefix": "prefix key/values: `python -m ftjax.export --workdir W --format peft` "
+    "where PEFT's prefix tuning computes the same, else `--format ftjax`",
+    "prompt": "a soft prompt: `python -m ftjax.export --workdir W --format peft` where "
+    "PEFT's prompt tuning computes the same, else `--format ftjax`",
+}
+
+
+def unsaved_message(paths: list[str]) -> str:
+    """Names each kind of parameter a plain checkpoint would lose and how to keep it."""
+    from ftjax.methods import kind_of  # methods imports this module
+
+    kinds: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        kinds[kind_of(path)].append(path)
+    lines = [
+        f"- {KEEPS.get(kind, 'parameters with no Hugging Face tensor')} ({_summarise(found, 3)})"
+        for kind, found in kinds.items()
+    ]
+    return (
+        f"save_pretrained would silently drop {len(paths)} trained parameter(s):\n"
+        + "\n".join(lines)
+        + "\nTo leave them out on purpose, pass drop=(regex, ...) naming them "
+        "(e.g. drop=('head/.*',) for the backbone alone)."
+    )
+
+
+def params_to_tensors(
+    model: nn.Module, params: Params, drop: Collection[str] = ()
+) -> dict[str, np.ndarray]:
+    """ftjax params -> HF-named numpy tensors (fused tensors reassembled).
+
+    A param the family's tensor table does not name (LoRA factors, adapters, prefixes, a
+    soft prompt, a task head) is an `UnsavedParamsError`, unless one of the regexes in
+    `drop` fully matches its path: a caller leaves params out only by naming them."""
     family = family_of(model)
     flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
     pieces: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
@@ -331,8 +381,12 @@ def params_to_tensors(model: nn.Module, params: Params) -> dict[str, np.ndarray]
         mapped.add(m.path)
         pieces[m.hf_name].append((m.part[0] if m.part else 0, array))
     extra = sorted(set(flat) - mapped)
-    if extra:
-        log.info("not saved (no Hugging Face equivalent): %s", _summarise(extra))
+    dropped = [p for p in extra if any(re.fullmatch(d, p) for d in drop)]
+    lost = [p for p in extra if p not in dropped]
+    if lost:
+        raise UnsavedParamsError(unsaved_message(lost))
+    if dropped:
+        log.info("left out as the caller asked (drop=%s): %s", list(drop), _summarise(dropped))
     tensors = {}
     for m in family.tensor_maps(model.config):
         if m.hf_name in tensors:
@@ -343,14 +397,17 @@ def params_to_tensors(model: nn.Module, params: Params) -> dict[str, np.ndarray]
     return tensors
 
 
-def save_pretrained(model: nn.Module, params: Params, out_dir: str | os.PathLike) -> Path:
-    """Writes config.json + model.safetensors in the Hugging Face layout."""
+def save_pretrained(
+    model: nn.Module, params: Params, out_dir: str | os.PathLike, drop: Collection[str] = ()
+) -> Path:
+    """Writes config.json + model.safetensors in the Hugging Face layout; refuses params
+    it has no tensor for unless `drop` names them (see `params_to_tensors`)."""
     from safetensors.numpy import save_file
 
     family = family_of(model)
+    tensors = params_to_tensors(model, params, drop)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = params_to_tensors(model, params)
     save_file(
         {family.save_prefix + k: v for k, v in tensors.items()},
         out / "model.safetensors",

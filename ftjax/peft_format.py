@@ -1,0 +1,299 @@
+"""PEFT adapter folders (`adapter_config.json` + `adapter_model.safetensors`) <-> ftjax.
+
+    write_adapter(model, params, cls, "out/")        # ftjax -> PEFT
+    model, params = read_adapter("adapter/", model, params)   # PEFT (+ its base) -> ftjax
+
+Keys carry PEFT's `base_model.model.` prefix followed by the module's name in the
+transformers class `cls` (`ftjax.hf_classes`): without the prefix PEFT only warns and
+leaves lora_B at zero. A task head goes under `modules_to_save` (PEFT's key for it is
+`base_model.model.<head>.weight`).
+
+What is written computes what ftjax computes, or nothing is written:
+- LoRA: every family (`ftjax.peft_lora`).
+- Prompt tuning: T5, whose encoder sees the prompt exactly as ftjax's does (relative
+  positions only; PEFT's `num_transformer_submodules=1` keeps it off the decoder).
+- Everything else is refused with the reason (`PROMPT_DIFFERS`, `PREFIX_DIFFERS`),
+  measured against PEFT 0.21 / transformers 5.23: choose `--format ftjax`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftjax import methods, partition, peft_lora
+from ftjax.hf_classes import ExportError, HfClass, head_tensors
+from ftjax.models import hub
+from ftjax.models.base import PeftConfig
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+PROMPT_KEY = "prompt_embeddings"
+PEFT_VERSION = "0.21.2"  # the version whose layout this follows (setup.py's test extra)
+
+PREFIX_DIFFERS = {
+    "bert": "PEFT hands the prefix to BERT as a key/value cache, which moves the real tokens "
+    "to positions P..P+n-1; ftjax's prefix leaves them at 0..n-1",
+    "gpt2": "PEFT hands the prefix to GPT-2 as a key/value cache, which moves the real "
+    "tokens to positions P..P+n-1; ftjax's prefix leaves them at 0..n-1",
+    "llama": "PEFT hands the prefix to Llama as a key/value cache, so queries rotate by "
+    "positions P..P+n-1 against unrotated prefix keys; ftjax rotates them by 0..n-1",
+    "t5": "PEFT's T5 prefix reaches only the decoder (self and cross attention, under the "
+    "relative position bias); ftjax's also prefixes the encoder, with no bias on prefix keys",
+}
+PROMPT_DIFFERS = {
+    "bert": "PEFT feeds the prompt through BERT's embedding layer (position and token-type "
+    "embeddings, LayerNorm) and moves real tokens to positions P..; ftjax prepends the "
+    "prompt after that layer and keeps positions 0..n-1",
+    "gpt2": "PEFT adds position embeddings 0..P-1 to the prompt and moves real tokens to "
+    "positions P..; ftjax adds none to the prompt and keeps positions 0..n-1",
+    "llama": "PEFT gives the prompt rotary positions 0..P-1 and real tokens P..; ftjax "
+    "places every prompt slot at position 0 and real tokens at 0..n-1",
+}
+ALLOWED_KINDS = ("lora", "prompt", "head")
+
+
+def _model_type(model) -> str:
+    return getattr(model.config, "model_type", hub.family_of(model).model_types[0])
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def write_adapter(
+    model,
+    params: Mapping[str, Any],
+    cls: HfClass,
+    out: str | Path,
+    trained: Collection[str] | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """Writes params' method parameters (and task head) as a PEFT adapter folder for the
+    transformers class `cls` on `base_model`. `trained`: the paths that trained (the run's
+    mask); a trained base weight has no place in an adapter and is refused by name."""
+    return _write(out, *adapter_files(model, params, cls, trained, base_model))
+
+
+def adapter_files(
+    model,
+    params: Mapping[str, Any],
+    cls: HfClass,
+    trained: Collection[str] | None = None,
+    base_model: str | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(adapter_config.json dict, adapter tensors) of `write_adapter`; raises
+    `ExportError` naming what PEFT cannot hold."""
+    flat = {p: np.asarray(v, np.float32) for p, v in partition.flatten(params).items()}
+    kinds = {methods.kind_of(p) for p in flat} & {"lora", "adapter", "prefix", "prompt"}
+    _refuse_base_weights(flat, trained)
+    if "adapter" in kinds:
+        raise ExportError(
+            "method adapter: PEFT has no Houlsby bottleneck adapter that computes ftjax's; "
+            "choose --format ftjax"
+        )
+    if len(kinds) != 1:
+        raise ExportError(
+            "--format peft writes one method's parameters (a run of method lora, or prompt "
+            f"on T5); these params hold {sorted(kinds) or 'none'}; choose --format hf or ftjax"
+        )
+    (kind,) = kinds
+    config: dict[str, Any] = {
+        "base_model_name_or_path": base_model,
+        "task_type": cls.peft_task,
+        "inference_mode": True,
+        "revision": None,
+        "peft_version": PEFT_VERSION,
+    }
+    if kind == "lora":
+        modules = peft_lora.to_peft(model, flat, cls)
+        config.update(peft_lora.config_fields(model, modules))
+        tensors = {}
+        for m in modules:
+            tensors[f"{KEY_PREFIX}{m.name}.lora_A.weight"] = m.lora_a
+            tensors[f"{KEY_PREFIX}{m.name}.lora_B.weight"] = m.lora_b
+    else:
+        tensors, fields = _prompt_tensors(model, flat, kind, cls)
+        config.update(fields)
+    head = head_tensors(flat, cls)
+    config["modules_to_save"] = [cls.head] if head else None
+    tensors.update({KEY_PREFIX + k: v for k, v in head.items()})
+    return config, tensors
+
+
+def _refuse_base_weights(flat: Mapping[str, Any], trained: Collection[str] | None) -> None:
+    if trained is None:
+        return
+    base = sorted(p for p in trained if methods.kind_of(p) not in (*ALLOWED_KINDS, "prefix"))
+    if base:
+        raise ExportError(
+            f"--format peft: the run also trained base weights ({', '.join(base[:3])}"
+            f"{', ...' if len(base) > 3 else ''}; method.extra_trainable or "
+            "train_embeddings), which a PEFT adapter cannot hold; choose --format hf "
+            "(LoRA merged) or ftjax"
+        )
+
+
+def _prompt_tensors(model, flat, kind: str, cls: HfClass) -> tuple[dict, dict]:
+    model_type, cfg = _model_type(model), model.config
+    if kind == "prefix":
+        raise ExportError(
+            f"method prefix on {model_type}: {PREFIX_DIFFERS[model_type]}; choose --format ftjax"
+        )
+    if model_type != "t5":
+        raise ExportError(
+            f"method prompt on {model_type}: {PROMPT_DIFFERS[model_type]}; choose --format ftjax"
+        )
+    if cls.architecture != "T5ForConditionalGeneration":
+        raise ExportError(
+            f"method prompt on T5 with {cls.architecture}: PEFT's prompt positions would stay "
+            "in that class's outputs; only T5ForConditionalGeneration tasks export; choose "
+            "--format ftjax"
+        )
+    (path,) = [p for p in flat if methods.kind_of(p) == "prompt"]
+    fields = {
+        "peft_type": "PROMPT_TUNING",
+        "num_virtual_tokens": cfg.peft.prompt_length,
+        "token_dim": cfg.hidden_size,
+        "num_transformer_submodules": 1,  # the encoder only, as ftjax
+        "num_attention_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+    }
+    return {PROMPT_KEY: np.ascontiguousarray(flat[path])}, fields
+
+
+def _write(out: str | Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors writes the buffer as it lies: every tensor C-ordered first.
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    save_file(tensors, out / WEIGHTS_FILE, metadata={"format": "pt"})
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_config(adapter_dir: str | Path) -> dict[str, Any]:
+    where = Path(adapter_dir) / CONFIG_FILE
+    if not where.is_file():
+        raise ExportError(f"{adapter_dir} has no {CONFIG_FILE}: not a PEFT adapter folder")
+    return json.loads(where.read_text())
+
+
+def read_adapter(adapter_dir: str | Path, model, params: Mapping[str, Any]) -> tuple[Any, dict]:
+    """(model with the adapter's hooks on, params: `params` + the adapter's parameters and,
+    from modules_to_save, the task head as {"head": {"dense": ...}}) for the base `model`."""
+    from safetensors.numpy import load_file
+
+    config = read_config(adapter_dir)
+    where = str(Path(adapter_dir) / CONFIG_FILE)
+    raw = load_file(Path(adapter_dir) / WEIGHTS_FILE)
+    tensors = {
+        (k[len(KEY_PREFIX) :] if k.startswith(KEY_PREFIX) else k): hub._as_float32(v)
+        for k, v in raw.items()
+    }
+    kind = config.get("peft_type")
+    model_type = _model_type(model)
+    if kind == "LORA":
+        peft, flat = peft_lora.from_peft(model, tensors, config, where)
+        used = {k for k in tensors if ".lora_A." in k or ".lora_B." in k}
+    elif kind == "PROMPT_TUNING":
+        peft, flat = _prompt_from_peft(model_type, tensors, config, where)
+        used = {PROMPT_KEY}
+    elif kind == "PREFIX_TUNING":
+        raise ExportError(
+            f"{where}: prefix tuning on {model_type}: {PREFIX_DIFFERS.get(model_type, '')}; "
+            "ftjax cannot compute what this adapter computes"
+        )
+    else:
+        raise ExportError(f"{where}: peft_type={kind!r}; ftjax reads LORA and PROMPT_TUNING")
+    flat.update(_head_from_peft(tensors, set(tensors) - used, config, where))
+    new_model = type(model)(dataclasses.replace(model.config, peft=peft))
+    merged = {**partition.flatten(params), **flat}
+    expected = partition.flatten(hub.abstract_params(new_model, hub.family_of(new_model)))
+    missing = sorted(p for p in expected if p not in merged)
+    if missing:
+        raise ExportError(f"{where}: the adapter leaves {missing[:3]} of ftjax's model unset")
+    unplaced = sorted(p for p in flat if p not in expected and not p.startswith("head/"))
+    if unplaced:  # e.g. LoRA on BERT's pooler: ftjax's pooler has no LoRA hook
+        raise ExportError(
+            f"{where}: ftjax's {type(model).__name__} has no place for {unplaced[:3]} "
+            "(a layer without ftjax's LoRA hook); ftjax would compute something else"
+        )
+    for path, leaf in expected.items():
+        shape = getattr(leaf, "value", leaf).shape
+        if np.shape(merged[path]) != shape:
+            raise ExportError(
+                f"{where}: {path} has shape {np.shape(merged[path])}, the base model needs {shape}"
+            )
+    return new_model, partition.unflatten(merged)
+
+
+def _prompt_from_peft(model_type, tensors, config, where) -> tuple[PeftConfig, dict]:
+    if model_type != "t5":
+        raise ExportError(
+            f"{where}: prompt tuning on {model_type}: {PROMPT_DIFFERS[model_type]}; ftjax "
+            "cannot compute what this adapter computes"
+        )
+    if config.get("num_transformer_submodules", 1) != 1:
+        raise ExportError(
+            f"{where}: num_transformer_submodules={config['num_transformer_submodules']}: "
+            "the prompt also enters T5's decoder, ftjax's only the encoder"
+        )
+    table = tensors[PROMPT_KEY]
+    return PeftConfig(prompt_length=table.shape[0]), {"prompt/embedding": table}
+
+
+def _head_from_peft(tensors, rest: set[str], config, where) -> dict[str, np.ndarray]:
+    if not rest:
+        return {}
+    saved = config.get("modules_to_save") or []
+    heads = sorted({k.rsplit(".", 1)[0] for k in rest})
+    if len(heads) != 1 or heads[0].split(".")[-1] not in saved:
+        raise ExportError(
+            f"{where}: tensors {sorted(rest)[:4]} are not one task head under "
+            "modules_to_save; ftjax's task head is one dense layer"
+        )
+    weight = tensors[f"{heads[0]}.weight"]
+    bias = tensors.get(f"{heads[0]}.bias", np.zeros(weight.shape[0], np.float32))
+    return {"head/dense/kernel": np.ascontiguousarray(weight.T), "head/dense/bias": bias}
+
+
+METHOD_OF = {"LORA": "lora", "PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
+
+
+def start_from_adapter(method, model, params: Mapping[str, Any]) -> tuple[Any, dict]:
+    """`methods.apply` for `method.init_from=ADAPTER_DIR`: the adapter's parameters (its
+    rank, alpha, targets or prompt length) on the base `model`, to evaluate or train on.
+    An adapter that carries a task head is refused: the run's task builds its own head
+    (`read_adapter` returns the head for use outside a run)."""
+    where = f"method.init_from={method.init_from!r}"
+    config = read_config(method.init_from)
+    kind = METHOD_OF.get(config.get("peft_type"), config.get("peft_type"))
+    if kind != method.name:
+        raise ExportError(f"{where} is a {kind} adapter; set method={kind}")
+    new_model, new_params = read_adapter(method.init_from, model, params)
+    if "head" in new_params:
+        raise ExportError(
+            f"{where} carries a task head (modules_to_save {config.get('modules_to_save')}), "
+            "which a run's task replaces with its own; load it with "
+            "ftjax.peft_format.read_adapter, or save the adapter without the head"
+        )
+    return new_model, new_params
