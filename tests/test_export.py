@@ -89,3 +89,124 @@ def test_t5_span_corruption_run_is_a_model_source(tmp_path, shallow_checkpoints,
     loaded = partition.flatten(params)
     assert all(np.array_equal(loaded[p], expected[p]) for p in expected)
     assert type(model).__name__ == "T5Model"
+
+
+# ---------------------------------------------------------------------------- formats
+
+
+def test_save_pretrained_refuses_to_drop_trained_params(tmp_path):
+    """It used to log "not saved" and write the base model; now it names what would be
+    lost and the export that keeps it, unless the caller drops it by name."""
+    from ftjax import methods
+    from ftjax.models import hub, init_params
+    from tests.helpers.tiny import tiny_model
+
+    base = tiny_model("bert")
+    method = methods.resolve("lora", base, {"rank": 2})
+    model, params = methods.apply(method, base, init_params(base, 0))
+    with pytest.raises(hub.UnsavedParamsError, match=r"(?s)LoRA factors.*--format peft"):
+        hub.save_pretrained(model, params, tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()
+    merged_model, merged, _ = methods.merge_lora(model, params)
+    head = {"head": {"dense": {"kernel": np.ones((16, 2)), "bias": np.zeros(2)}}}
+    with pytest.raises(hub.UnsavedParamsError, match=r"(?s)the task head.*head/dense/kernel"):
+        hub.save_pretrained(merged_model, {**merged, **head}, tmp_path / "head")
+    hub.save_pretrained(merged_model, {**merged, **head}, tmp_path / "head", drop=("head/.*",))
+    assert (tmp_path / "head" / "model.safetensors").is_file()
+    prompt = methods.resolve("prompt", base, {"length": 2})
+    model, params = methods.apply(prompt, base, init_params(base, 0))
+    with pytest.raises(hub.UnsavedParamsError, match="a soft prompt.*prompt/embedding"):
+        hub.save_pretrained(model, params, tmp_path / "prompt")
+
+
+def _inputs(tokenizer):
+    encoded = tokenizer(["a fine, moving film", "dull"], padding=True, return_tensors="np")
+    return {k: np.asarray(v) for k, v in encoded.items()}
+
+
+def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoints, data):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from ftjax import native_format
+    from ftjax.export import main
+
+    config = tiny_run_config(
+        "sentiment", shallow_checkpoints["bert"], data, "lora", train__epochs=1
+    )
+    config.task.pooling = "pooler"  # what BertForSequenceClassification classifies
+    loop.run(config, tmp_path / "run")
+    exp, state, _, _ = loop.restore_run(tmp_path / "run")
+    params = partition.unflatten(trained(tmp_path / "run"))
+    batch = _inputs(exp.task.tokenizer)
+    ours = np.asarray(exp.task.outputs_of(params, batch))
+    torch_batch = {k: torch.tensor(v) for k, v in batch.items()}
+
+    assert (
+        main(["--workdir", str(tmp_path / "run"), "--format", "peft", "--out", str(tmp_path / "p")])
+        == 0
+    )
+    reference = transformers.BertForSequenceClassification.from_pretrained(
+        shallow_checkpoints["bert"], num_labels=2
+    ).eval()
+    adapted = peft.PeftModel.from_pretrained(reference, tmp_path / "p").eval()
+    with torch.no_grad():
+        assert np.abs(adapted(**torch_batch).logits.numpy() - ours).max() <= 1e-4
+
+    assert (
+        main(["--workdir", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "h")])
+        == 0
+    )
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "h").eval()
+    with torch.no_grad():
+        assert np.abs(merged(**torch_batch).logits.numpy() - ours).max() <= 1e-4
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "h").vocab_size > 0
+
+    assert (
+        main(
+            ["--workdir", str(tmp_path / "run"), "--format", "ftjax", "--out", str(tmp_path / "f")]
+        )
+        == 0
+    )
+    model, loaded, run = native_format.load(tmp_path / "f")
+    assert model.config == exp.task.model.config and run["method"]["name"] == "lora"
+    flat, expected = partition.flatten(loaded), trained(tmp_path / "run")
+    assert flat.keys() == expected.keys()
+    assert all(np.array_equal(flat[p], expected[p]) for p in flat)
+    why = json.loads((tmp_path / "f" / native_format.MODEL_FILE).read_text())["why"]
+    assert why.startswith("written as asked")
+
+
+def test_refusals_name_the_format_that_works(tmp_path, shallow_checkpoints, data, capsys):
+    from ftjax import native_format
+    from ftjax.export import main
+
+    config = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "prefix", train__epochs=1)
+    config.method.length = 2
+    loop.run(config, tmp_path / "prefix")
+    for fmt in ("peft", "hf"):
+        assert main(["--workdir", str(tmp_path / "prefix"), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert "refused" in err and "--format ftjax" in err, err
+    out = tmp_path / "prefix" / "export" / "ftjax_step_4"
+    assert main(["--workdir", str(tmp_path / "prefix"), "--format", "ftjax"]) == 0
+    why = json.loads((out / native_format.MODEL_FILE).read_text())["why"]
+    assert "--format peft refuses: method prefix on gpt2" in why
+    assert "--format hf refuses" in why
+    _, loaded, _ = native_format.load(out)
+    expected = trained(tmp_path / "prefix")
+    assert all(np.array_equal(partition.flatten(loaded)[p], expected[p]) for p in expected)
+
+
+def test_peft_adapter_starts_a_run(tmp_path, shallow_checkpoints, data):
+    """method.init_from: an exported LM adapter is the starting point of an evaluation."""
+    from ftjax.evaluate import evaluate_untrained
+    from ftjax.export import export_run
+
+    config = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "lora", train__epochs=1)
+    results = loop.run(config, tmp_path / "clm")
+    adapter = export_run(tmp_path / "clm", "peft", tmp_path / "adapter")
+    again = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "lora")
+    again.method.init_from = str(adapter)
+    evaluated = evaluate_untrained(again, tmp_path / "eval")["test"]
+    assert evaluated["perplexity"] == pytest.approx(results["test"]["perplexity"], rel=1e-5)
