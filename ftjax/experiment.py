@@ -70,6 +70,7 @@ def build(
     method = methods.resolve(config.method.name, model, method_options(config.method))
     model, params = methods.apply(method, model, params, rng=config.train.seed, tokenizer=tokenizer)
     task.attach(model)
+    check_positions(config, task)
     # Encoded before the head exists: a task may take its label set from the data.
     encoded = encode_splits(config, task, source, evaluation_only=data_override is not None)
     params = {**params, **task.init_head(jax.random.PRNGKey(config.train.seed))}
@@ -94,6 +95,22 @@ def with_dropout(model, rate: float):
         return model
     fields = {f.name for f in dataclasses.fields(model.config)} & set(DROPOUT_FIELDS)
     return type(model)(dataclasses.replace(model.config, **dict.fromkeys(fields, rate)))
+
+
+def check_positions(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
+    """Refuses sequences longer than the model's position table: the embedding gather
+    would read out of range, which JAX answers with NaN rather than an error."""
+    limit = task.family.max_positions(task.model.config)
+    lengths = task.group_limits()
+    if limit is None or max(lengths.values()) <= limit:
+        return
+    parts = ", ".join(f"{group} {n}" for group, n in lengths.items())
+    raise ConfigError(
+        f"config.data.max_length={config.data.max_length}: task {task.name} feeds the model "
+        f"sequences of up to {max(lengths.values())} tokens ({parts}), beyond the {limit} "
+        f"positions of model {config.model.name}; lower config.data.max_length"
+        + (" (or data.max_target_length)" if "max_target_length" in config.data else "")
+    )
 
 
 def unreached_params(task: tasks.Task, params: dict) -> set[str]:

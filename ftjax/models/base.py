@@ -98,6 +98,9 @@ class Family:
     word_embeddings: str = ""  # path of the token embedding table
     embeddings_pattern: str = ""  # every embedding parameter
     lora_targets: str = ""  # default LoRA targets: attention query and value
+    # How many token positions the model can take ((config) -> int), or None when
+    # positions are relative or rotary and no table limits them.
+    max_positions: Callable[[Any], int | None] = lambda config: None
     # What tasks need to know: is it a causal decoder (GPT-style: pool the last token)?
     causal: bool = False
     # Parameters that encoder features (token states of the first stack) never reach,

@@ -65,7 +65,9 @@ class BertConfig:
             max_position_embeddings=hf.get("max_position_embeddings", 512),
             type_vocab_size=hf.get("type_vocab_size", 2),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            pad_token_id=hf.get("pad_token_id") or (1 if hf["model_type"] == "roberta" else 0),
+            pad_token_id=default_if_none(
+                hf.get("pad_token_id"), 1 if hf["model_type"] == "roberta" else 0
+            ),
             hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
             initializer_range=hf.get("initializer_range", 0.02),
@@ -293,6 +295,16 @@ MLM_HEAD_NAMES = {
 }
 
 
+def default_if_none(value: Any, default: Any) -> Any:
+    """A config.json field that may be absent or null (but 0 is a value: pad id 0)."""
+    return default if value is None else value
+
+
+def roberta_offset(cfg: BertConfig) -> int:
+    """RoBERTa's position table starts its real tokens at pad_token_id + 1."""
+    return cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0
+
+
 def fit_to_checkpoint(cfg: BertConfig, tensors: dict[str, Any]) -> BertConfig:
     has_pooler = any(name.endswith("pooler.dense.weight") for name in tensors)
     head = MLM_HEAD_NAMES[cfg.model_type]["transform"] + ".weight"
@@ -311,4 +323,5 @@ FAMILY = Family(
     embeddings_pattern="embeddings/.*",
     lora_targets=r"encoder/layer_\d+/attention/(query|value)",
     unused_by_encoder_features=("pooler/.*", "mlm_head/.*"),
+    max_positions=lambda cfg: cfg.max_position_embeddings - roberta_offset(cfg),
 )

@@ -239,4 +239,5 @@ FAMILY = Family(
     embeddings_pattern="(word|position)_embeddings/.*",
     lora_targets=r"decoder/layer_\d+/attention/(query|value)",
     causal=True,
+    max_positions=lambda cfg: cfg.max_position_embeddings,
 )

@@ -41,16 +41,21 @@ WIDTH = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
 def tiny_model(family: str = "bert", **overrides):
     if family == "bert":
         return BertModel(
-            BertConfig(vocab_size=30522, max_position_embeddings=64, **{**WIDTH, **overrides})
+            BertConfig(**{"vocab_size": 30522, "max_position_embeddings": 64, **WIDTH, **overrides})
         )
     if family == "gpt2":
         return GPT2Model(
             GPT2Config(
-                vocab_size=30522,
-                max_position_embeddings=128,
-                bos_token_id=CLS,
-                eos_token_id=SEP,
-                **{**WIDTH, **overrides},
+                **{
+                    **dict(
+                        vocab_size=30522,
+                        max_position_embeddings=128,
+                        bos_token_id=CLS,
+                        eos_token_id=SEP,
+                    ),
+                    **WIDTH,
+                    **overrides,
+                }
             )
         )
     if family == "llama":  # grouped-query: two query heads share one key/value head
