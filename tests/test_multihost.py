@@ -26,7 +26,8 @@ TIMEOUT = 300  # seconds for a whole two-process run; a deadlock fails, never ha
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
-    return make_checkpoint(base / "model"), make_dataset(base / "data")
+    # One layer: the tests compile several steps and run few.
+    return make_checkpoint(base / "model", num_layers=1), make_dataset(base / "data")
 
 
 def free_port() -> str:

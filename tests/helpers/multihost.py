@@ -55,8 +55,9 @@ def device_at(process: int, local: int):
 def layout_config(model_dir: str, data_dir: str, mesh: dict, accumulate: int):
     from tests.helpers.tiny import tiny_config
 
+    # Full fine-tuning: trainable params and optimizer state shard over `tensor` too.
     # max_length 16: one bucketed length, so one compiled train step per layout.
-    config = tiny_config(Path(model_dir), Path(data_dir), "lora", prng_impl="rbg")
+    config = tiny_config(Path(model_dir), Path(data_dir), "full", prng_impl="rbg")
     config.data.max_length = 16
     config.optimizer.grad_accum = accumulate
     config.mesh.update(data=1, fsdp=1, tensor=1)
