@@ -4,7 +4,6 @@ ftjax reads) written with `save_pretrained`, max |diff| <= 1e-4 on a padded batc
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -12,8 +11,8 @@ transformers = pytest.importorskip("transformers")
 
 from ftjax.models import LlamaModel, from_pretrained  # noqa: E402
 from tests.test_model_parity import (  # noqa: E402
-    LENGTHS,
     TOL,
+    assert_left_padding_changes_nothing,
     load_save_load_bit_exact,
     max_diff,
     padded_batch,
@@ -97,17 +96,7 @@ def test_llama_matches_transformers(tmp_path, variant):
 def test_llama_left_padding_keeps_real_token_positions(tmp_path):
     ref = reference(tmp_path, **VARIANTS["gqa-untied"])
     model, params = from_pretrained(tmp_path)
-    ids, mask = padded_batch(ref.config.vocab_size)
-    for row, n in enumerate(LENGTHS):  # move each row's real tokens to the right end
-        ids[row], mask[row] = (
-            np.roll(ids[row], ids.shape[1] - n),
-            np.roll(mask[row], ids.shape[1] - n),
-        )
-    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
-    ours, theirs = run_both(model, params, ref, ids, mask, positions)
-    assert max_diff(ours.logits, theirs.logits, mask) <= TOL
-    implicit = model.apply({"params": params}, ids, mask).logits  # positions by default
-    assert np.array_equal(np.asarray(implicit), np.asarray(ours.logits))
+    assert_left_padding_changes_nothing(model, params, ref, ref.config.vocab_size)
 
 
 @pytest.mark.parametrize("variant", ["gqa-untied", "mha-tied-biases-linear", "llama3"])

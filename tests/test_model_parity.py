@@ -122,25 +122,33 @@ def test_gpt2_matches_transformers(tmp_path):
         assert max_diff(a, b, mask) <= TOL
 
 
-def test_gpt2_left_padding_keeps_real_token_positions(tmp_path):
-    """Real tokens get positions 0..n-1 whatever the padding, as in HF generation."""
-    config = transformers.GPT2Config(**GPT2)
-    ref = save_reference(transformers.GPT2LMHeadModel, config, tmp_path)
-    ids, mask = padded_batch(config.vocab_size)
+def left_padded(ids, mask):
+    """The batch with each row's real tokens moved to the right end."""
     left_ids, left_mask = ids.copy(), mask.copy()
-    for row, n in enumerate(LENGTHS):  # move each row's real tokens to the right end
+    for row, n in enumerate(mask.sum(1)):
         left_ids[row] = np.roll(ids[row], ids.shape[1] - n)
         left_mask[row] = np.roll(mask[row], ids.shape[1] - n)
-    positions = np.maximum(np.cumsum(left_mask, 1) - 1, 0)
+    return left_ids, left_mask
+
+
+def assert_left_padding_changes_nothing(model, params, ref, vocab: int) -> None:
+    """Each left-padded row's logits equal the reference's on that row's tokens alone
+    (no padding, the reference's own default positions), whatever the padding."""
+    ids, mask = padded_batch(vocab)
+    left_ids, left_mask = left_padded(ids, mask)
+    ours = np.asarray(model.apply({"params": params}, left_ids, left_mask).logits)
+    for row, n in enumerate(LENGTHS):
+        with torch.no_grad():
+            alone = ref(torch.tensor(ids[row : row + 1, :n])).logits[0].numpy()
+        assert np.abs(ours[row, -n:] - alone).max() <= TOL, row
+
+
+def test_gpt2_left_padding_keeps_real_token_positions(tmp_path):
+    """Real tokens get the positions they would have unpadded, as in HF generation."""
+    config = transformers.GPT2Config(**GPT2)
+    ref = save_reference(transformers.GPT2LMHeadModel, config, tmp_path)
     model, params = from_pretrained(tmp_path)
-    ours = model.apply({"params": params}, left_ids, left_mask)
-    with torch.no_grad():
-        theirs = ref(
-            torch.tensor(left_ids),
-            attention_mask=torch.tensor(left_mask),
-            position_ids=torch.tensor(positions),
-        )
-    assert max_diff(ours.logits, theirs.logits, left_mask) <= TOL
+    assert_left_padding_changes_nothing(model, params, ref, config.vocab_size)
 
 
 T5 = dict(
