@@ -36,6 +36,7 @@ setup(
             "seqeval==1.2.2",
             "scikit-learn",
             "accelerate==1.15.0",  # transformers needs it to load a GGUF reference model
+            "peft==0.21.2",  # the reference ftjax's adapter exports are loaded with
         ],
     },
 )
