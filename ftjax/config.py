@@ -231,3 +231,38 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
         raise ConfigError(f"config.data.on_bad_row={d.on_bad_row!r}: error or drop")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}: float32 or bfloat16")
+    _check_choices(config)
+    _check_ranges(config)
+
+
+CHOICES = {
+    "optimizer.name": ("adamw", "adafactor", "sgd"),
+    "optimizer.schedule": ("linear", "cosine", "constant"),
+}
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+    for field, choices in CHOICES.items():
+        section, name = field.split(".")
+        if config[section][name] not in choices:
+            raise ConfigError(
+                f"config.{field}={config[section][name]!r}; choose from {', '.join(choices)}"
+            )
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Numbers whose range a typo leaves (a rate of 2, a keep of 0)."""
+    rates = {
+        "model.dropout": config.model.dropout,
+        "optimizer.warmup_ratio": config.optimizer.warmup_ratio,
+    }
+    rates.update({f"task.{k}": v for k, v in config.task.items() if k.endswith("dropout")})
+    for field, value in rates.items():
+        lowest = -1.0 if field == "model.dropout" else 0.0  # -1: the checkpoint's rates
+        if not (value == lowest or 0.0 <= value < 1.0):
+            also = " (or -1: the checkpoint's rates)" if lowest < 0 else ""
+            raise ConfigError(f"config.{field}={value} must be in [0, 1){also}")
+    for field in ("train.keep", "data.bucket_step"):
+        section, name = field.split(".")
+        if config[section][name] < 1:
+            raise ConfigError(f"config.{field}={config[section][name]} must be >= 1")

@@ -15,14 +15,14 @@ read. Prints the metrics and writes them to WORKDIR/eval[_NAME].json.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import ml_collections
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from ftjax import cli
 
 WORKDIR = flags.DEFINE_string("workdir", None, "a workdir written by ftjax.main", required=True)
 CONFIG = config_flags.DEFINE_config_file(
@@ -69,12 +69,13 @@ def _write(workdir: Path, data: str | None, where: dict, metrics: dict) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    logging.basicConfig(level=logging.WARNING)
+    cli.set_up_logging()
     if CONFIG.value is not None:
-        result = evaluate_untrained(CONFIG.value, WORKDIR.value, DATA.value)
+        result = cli.reporting_user_errors(
+            lambda: evaluate_untrained(CONFIG.value, WORKDIR.value, DATA.value)
+        )
     else:
-        result = evaluate(WORKDIR.value, DATA.value, STEP.value)
+        result = cli.reporting_user_errors(lambda: evaluate(WORKDIR.value, DATA.value, STEP.value))
     from ftjax.loop import format_metrics
 
     print(f"test {format_metrics(result['test'])} (step {result['step']}, data {result['data']})")

@@ -58,7 +58,7 @@ def build(
     config: ml_collections.ConfigDict, data_override: str | None = None, devices=None
 ) -> Experiment:
     """The run `config` describes; `data_override` evaluates on another dataset's test split."""
-    jax.config.update("jax_default_prng_impl", config.train.prng_impl)
+    set_prng_impl(config.train.prng_impl)
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
     model, params = from_pretrained(config.model.name, dtype=config.model.dtype)
@@ -87,6 +87,14 @@ def build(
     return Experiment(
         config, mesh, method, task, params, mask, loader, tx, lr, total, frozen_hash, table
     )
+
+
+def set_prng_impl(name: str) -> None:
+    """JAX's default PRNG implementation (process-wide: every key made afterwards)."""
+    try:
+        jax.config.update("jax_default_prng_impl", name)
+    except ValueError as err:  # JAX's message lists the implementations it knows
+        raise ConfigError(f"config.train.prng_impl={name!r}: {err}") from err
 
 
 def with_dropout(model, rate: float):

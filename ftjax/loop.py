@@ -142,7 +142,14 @@ def _start_or_resume(exp: Experiment, state, mngr, workdir: Path):
             "with (backbone or method changed); use a new --workdir"
         )
     epoch, batch = meta["epoch"], meta["batch"]
-    print(f"resumed from step {int(state.step)} (epoch {epoch}, batch {batch})", flush=True)
+    if int(state.step) >= exp.total_steps:
+        print(
+            f"{workdir} holds a finished run (step {int(state.step)}): testing its last "
+            "checkpoint again. To train anew, give another --workdir.",
+            flush=True,
+        )
+    else:
+        print(f"resumed from step {int(state.step)} (epoch {epoch}, batch {batch})", flush=True)
     return state, epoch, batch
 
 

@@ -10,13 +10,12 @@ hosts, pass --coordinator_address, --num_processes and --process_id to every pro
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from ftjax import cli
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sentiment.py")
 CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file")
@@ -28,30 +27,14 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
 def main(argv: list[str]) -> None:
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ftjax").setLevel(logging.INFO)
+    cli.set_up_logging()
     import jax
 
     if COORDINATOR.value:
         jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     from ftjax import loop
-    from ftjax.config import ConfigError
-    from ftjax.methods import MethodError
-    from ftjax.partition import PatternError
-    from ftjax.tasks import DataRowError, TaskError
 
-    try:
-        loop.run(CONFIG.value, WORKDIR.value)
-    except (ConfigError, MethodError, PatternError, TaskError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except DataRowError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except loop.TrainingDiverged as err:
-        print(f"training diverged: {err}", file=sys.stderr)
-        sys.exit(1)
+    cli.reporting_user_errors(lambda: loop.run(CONFIG.value, WORKDIR.value))
 
 
 if __name__ == "__main__":

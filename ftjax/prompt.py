@@ -14,15 +14,14 @@ evaluates on another dataset's test split, as `ftjax.evaluate` does.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 
+from ftjax import cli
 from ftjax import evaluate as evaluation  # its --config, --workdir and --data flags
 
 SEEDS = flags.DEFINE_integer("seeds", 5, "demonstration seeds (task.shot_seed onwards)")
@@ -74,12 +73,13 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.basicConfig(level=logging.WARNING)
+    cli.set_up_logging()
     if evaluation.CONFIG.value is None:
         raise app.UsageError("--config is required")
-    summary = over_seeds(evaluation.CONFIG.value, evaluation.WORKDIR.value, SEEDS.value,
-                         evaluation.DATA.value)  # fmt: skip
+    config, workdir = evaluation.CONFIG.value, evaluation.WORKDIR.value
+    summary = cli.reporting_user_errors(
+        lambda: over_seeds(config, workdir, SEEDS.value, evaluation.DATA.value)
+    )
     test = summary["test"]
     shown = ", ".join(
         f"{k} {test[k]:.4f} ± {test[k + '_std']:.4f}" for k in test if f"{k}_std" in test

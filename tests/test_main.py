@@ -44,6 +44,20 @@ def test_cli_trains_tests_and_evaluates(tmp_path):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["method"]["rank"] == 4
 
+    def again(*changes: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ftjax.main", "--config", "configs/sentiment.py:method=lora",
+             "--workdir", str(workdir), *overrides, *changes],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        )  # fmt: skip
+
+    rerun = again()  # the same command: says the run is finished, tests it again
+    assert rerun.returncode == 0 and "holds a finished run" in rerun.stdout
+    assert final in rerun.stdout
+    refused = again("--config.train.seed=1")  # another run in this workdir: one line, no trace
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "workdir error:" in refused.stderr and "train.seed: 0 -> 1" in refused.stderr
+
     other = tmp_path / "other.csv"  # another dataset of the same task, as a csv file
     other.write_text('text,label\n"a wonderful, moving film",1\n"dull and far too long",0\n')
     proc = subprocess.run(

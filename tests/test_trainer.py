@@ -186,6 +186,20 @@ def test_config_errors_name_the_field(tiny):
         build_with(data__eval_examples=-1)
     with pytest.raises(ConfigError, match=r"config.data.test_examples=-2 must be >= 0"):
         build_with(data__test_examples=-2)
+    for change, message in (
+        ({"task__pooling": "maxx"}, "config.task.pooling='maxx'; choose from"),
+        ({"task__layers": "top3"}, "config.task.layers='top3'; choose from"),
+        ({"task__head_dropout": -0.5}, r"config.task.head_dropout=-0.5 must be in \[0, 1\)"),
+        ({"model__dropout": 2.0}, r"config.model.dropout=2.0 must be in \[0, 1\) \(or -1"),
+        ({"optimizer__name": "adamx"}, "config.optimizer.name='adamx'; choose from adamw"),
+        ({"optimizer__schedule": "cosin"}, "config.optimizer.schedule='cosin'; choose"),
+        ({"optimizer__warmup_ratio": 1.5}, "config.optimizer.warmup_ratio=1.5"),
+        ({"train__prng_impl": "foo"}, "config.train.prng_impl='foo'.*threefry2x32"),
+        ({"train__keep": 0}, "config.train.keep=0 must be >= 1"),
+        ({"data__bucket_step": 0}, "config.data.bucket_step=0 must be >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            build_with(**change)
     # eval_examples cuts the validation split only, test_examples the test split only.
     exp = build_with(data__eval_examples=5)
     assert len(exp.loader.examples("validation")) == 5

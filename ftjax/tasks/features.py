@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ftjax.config import ConfigError
 from ftjax.models.base import ModelOutput
 
 LAYER_CHOICES = ("last", "mean_all", "mean_last4", "concat_last4")
@@ -26,14 +27,19 @@ class FeatureSpec:
     layers: str = "last"
 
     def __post_init__(self) -> None:
+        # The fields are config.task's: the messages name them there.
         if self.pooling not in POOLING_CHOICES:
-            raise ValueError(f"features.pooling={self.pooling!r}; choose from {POOLING_CHOICES}")
+            raise ConfigError(
+                f"config.task.pooling={self.pooling!r}; choose from {POOLING_CHOICES}"
+            )
         if self.layers not in LAYER_CHOICES and not _is_int(self.layers):
-            raise ValueError(
-                f"features.layers={self.layers!r}; choose from {LAYER_CHOICES} or a layer index"
+            raise ConfigError(
+                f"config.task.layers={self.layers!r}; choose from {LAYER_CHOICES} or a layer index"
             )
         if self.pooling == "pooler" and self.layers != "last":
-            raise ValueError("features.pooling='pooler' reads the last layer only (layers='last')")
+            raise ConfigError(
+                "config.task.pooling='pooler' reads the last layer only (task.layers='last')"
+            )
 
     @property
     def needs_all_layers(self) -> bool:
