@@ -73,7 +73,7 @@ def build(
     check_positions(config, task)
     # Encoded before the head exists: a task may take its label set from the data.
     encoded = encode_splits(config, task, source, evaluation_only=data_override is not None)
-    params = {**params, **task.init_head(jax.random.PRNGKey(config.train.seed))}
+    params = with_head(params, task.init_head(jax.random.PRNGKey(config.train.seed)), config)
     unreached = unreached_params(task, params)
     mask = methods.trainable_mask(method, params, unreached, training=data_override is None)
     frozen = {p: v for p, v in partition.flatten(params).items() if not mask[p]}
@@ -87,6 +87,23 @@ def build(
     return Experiment(
         config, mesh, method, task, params, mask, loader, tx, lr, total, frozen_hash, table
     )
+
+
+def with_head(params: dict, new_head: dict, config: ml_collections.ConfigDict) -> dict:
+    """The task's new head, unless the method brought a trained one (an imported adapter's
+    `modules_to_save`), which must have the task head's exact paths and shapes."""
+    if tasks.HEAD not in params:
+        return {**params, **new_head}
+    shapes = {
+        p: np.shape(v) for p, v in partition.flatten({tasks.HEAD: params[tasks.HEAD]}).items()
+    }
+    wanted = {p: np.shape(v) for p, v in partition.flatten(new_head).items()}
+    if shapes != wanted:
+        raise ConfigError(
+            f"method.init_from={config.method.get('init_from', '')!r} brings a task head "
+            f"{shapes} that is not this task's {wanted}: check task and data.num_labels"
+        )
+    return params
 
 
 def set_prng_impl(name: str) -> None:

@@ -324,3 +324,28 @@ def test_resume_checks_the_checkpoint_not_just_config_json(tiny, tmp_path):
     loop.save_config(changed, workdir)
     with pytest.raises(checkpoints.ResumeError, match="config.json was edited"):
         loop.run(changed, workdir)
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"extra_trainable": ("encoder/layer_1/.*norm.*",)}, {"train_embeddings": True}]
+)
+def test_probe_caches_features_only_when_just_the_head_trains(tiny, extra):
+    """Cached features would freeze whatever else the table says trains: with extra
+    trainable params the backbone runs every step, and those params move."""
+    from ftjax.loaders import FeatureLoader, TokenLoader
+
+    config = config_for(tiny, "probe")
+    config.method.update(extra)
+    exp = build(config)
+    state, shardings = initial_state(exp)
+    trained = {p for p, on in exp.mask.items() if on}
+    assert isinstance(exp.loader, TokenLoader if extra else FeatureLoader)
+    assert any(not p.startswith("head/") for p in trained) == bool(extra)
+    steps = Steps(exp, shardings)
+    before = {p: np.asarray(v) for p, v in state.trainable.items()}
+    for i, batch in enumerate(exp.loader.train_batches(0, 0)):
+        if i == 2:
+            break
+        state, _ = steps.train(state, batch, jax.random.PRNGKey(i))
+    moved = {p for p, v in state.trainable.items() if not np.array_equal(np.asarray(v), before[p])}
+    assert moved == trained
