@@ -4,7 +4,7 @@
 
 - `peft`: `adapter_config.json` + `adapter_model.safetensors` that
   `peft.PeftModel.from_pretrained` loads onto the transformers class matching the task
-  (`ftjax.peft_format`): LoRA on every family, prompt tuning on T5, the head under
+  (`ftjax.peft_format`): LoRA, prefix (not T5) and prompt tuning, the head under
   `modules_to_save`.
 - `hf`: a transformers checkpoint folder, LoRA merged, the head included, config.json
   naming the `*For<Task>` / LM class (`ftjax.hf_format`), with the tokenizer.

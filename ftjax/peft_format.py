@@ -10,10 +10,15 @@ leaves lora_B at zero. A task head goes under `modules_to_save` (PEFT's key for 
 
 What is written computes what ftjax computes, or nothing is written:
 - LoRA: every family (`ftjax.peft_lora`).
-- Prompt tuning: T5, whose encoder sees the prompt exactly as ftjax's does (relative
-  positions only; PEFT's `num_transformer_submodules=1` keeps it off the decoder).
-- Everything else is refused with the reason (`PROMPT_DIFFERS`, `PREFIX_DIFFERS`),
-  measured against PEFT 0.21 / transformers 5.23: choose `--format ftjax`.
+- Prefix tuning: BERT / RoBERTa, GPT-2, Llama. PEFT's prefix is a key/value cache
+  `prompt_embeddings` [P, layers * 2 * kv_heads * head_dim]; the real tokens' positions
+  start at P, as ftjax's do (`layers.virtual_tokens`). T5 is refused
+  (`T5_PREFIX_DIFFERS`).
+- Prompt tuning: every family. PEFT prepends the prompt to the input embeddings (T5:
+  the encoder's only, `num_transformer_submodules=1`), so it takes positions 0..P-1 as
+  in ftjax; classes whose outputs would then differ from ftjax's are refused
+  (`_refuse_prompt_class`).
+Refusals name the reason, measured against PEFT 0.21 / transformers 5.23.
 """
 
 from __future__ import annotations
@@ -34,28 +39,22 @@ from ftjax.models.base import PeftConfig
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 KEY_PREFIX = "base_model.model."
+# A prefix or prompt adapter's PeftModel holds the transformers model itself as
+# `base_model` (no tuner wrapper), so its head's keys carry one level less.
+PROMPT_HEAD_PREFIX = "base_model."
 PROMPT_KEY = "prompt_embeddings"
 PEFT_VERSION = "0.21.2"  # the version whose layout this follows (setup.py's test extra)
 
-PREFIX_DIFFERS = {
-    "bert": "PEFT hands the prefix to BERT as a key/value cache, which moves the real tokens "
-    "to positions P..P+n-1; ftjax's prefix leaves them at 0..n-1",
-    "gpt2": "PEFT hands the prefix to GPT-2 as a key/value cache, which moves the real "
-    "tokens to positions P..P+n-1; ftjax's prefix leaves them at 0..n-1",
-    "llama": "PEFT hands the prefix to Llama as a key/value cache, so queries rotate by "
-    "positions P..P+n-1 against unrotated prefix keys; ftjax rotates them by 0..n-1",
-    "t5": "PEFT's T5 prefix reaches only the decoder (self and cross attention, under the "
-    "relative position bias); ftjax's also prefixes the encoder, with no bias on prefix keys",
-}
-PROMPT_DIFFERS = {
-    "bert": "PEFT feeds the prompt through BERT's embedding layer (position and token-type "
-    "embeddings, LayerNorm) and moves real tokens to positions P..; ftjax prepends the "
-    "prompt after that layer and keeps positions 0..n-1",
-    "gpt2": "PEFT adds position embeddings 0..P-1 to the prompt and moves real tokens to "
-    "positions P..; ftjax adds none to the prompt and keeps positions 0..n-1",
-    "llama": "PEFT gives the prompt rotary positions 0..P-1 and real tokens P..; ftjax "
-    "places every prompt slot at position 0 and real tokens at 0..n-1",
-}
+T5_PREFIX_DIFFERS = (
+    "PEFT 0.21's prefix on T5 reaches only the decoder's self-attention (the encoder gets "
+    "none, and the cross-attention half of its cache is replaced by an empty one), with T5's "
+    "relative position bias on the prefix keys; ftjax's T5 prefix also enters the encoder's "
+    "self-attention and the decoder's cross-attention, without bias"
+)
+# transformers classes whose outputs under PEFT's prompt are ftjax's after the P prompt
+# rows PEFT keeps first: LM logits, encoder features (BERT's pooler classifier, over the
+# prompt's first slot, is allowed apart).
+PROMPT_CLASSES = ("ForCausalLM", "LMHeadModel", "BertModel", "RobertaModel")
 ALLOWED_KINDS = ("lora", "prompt", "head")
 
 
@@ -99,8 +98,8 @@ def adapter_files(
         )
     if len(kinds) != 1:
         raise ExportError(
-            "--format peft writes one method's parameters (a run of method lora, or prompt "
-            f"on T5); these params hold {sorted(kinds) or 'none'}; choose --format hf or ftjax"
+            "--format peft writes one method's parameters (a run of method lora, prefix or "
+            f"prompt); these params hold {sorted(kinds) or 'none'}; choose --format hf or ftjax"
         )
     (kind,) = kinds
     config: dict[str, Any] = {
@@ -122,7 +121,8 @@ def adapter_files(
         config.update(fields)
     head = head_tensors(flat, cls)
     config["modules_to_save"] = [cls.head] if head else None
-    tensors.update({KEY_PREFIX + k: v for k, v in head.items()})
+    head_prefix = KEY_PREFIX if kind == "lora" else PROMPT_HEAD_PREFIX
+    tensors.update({head_prefix + k: v for k, v in head.items()})
     return config, tensors
 
 
@@ -141,26 +141,21 @@ def _refuse_base_weights(flat: Mapping[str, Any], trained: Collection[str] | Non
 
 def _prompt_tensors(model, flat, kind: str, cls: HfClass) -> tuple[dict, dict]:
     model_type, cfg = _model_type(model), model.config
-    if kind == "prefix":
+    if cls.peft_task is None:
         raise ExportError(
-            f"method prefix on {model_type}: {PREFIX_DIFFERS[model_type]}; choose --format ftjax"
-        )
-    if model_type != "t5":
-        raise ExportError(
-            f"method prompt on {model_type}: {PROMPT_DIFFERS[model_type]}; choose --format ftjax"
-        )
-    if cls.architecture != "T5ForConditionalGeneration":
-        raise ExportError(
-            f"method prompt on T5 with {cls.architecture}: PEFT's prompt positions would stay "
-            "in that class's outputs; only T5ForConditionalGeneration tasks export; choose "
+            f"method {kind} with {cls.architecture}: PEFT has no task type for that class, "
+            f"and a PeftModel without one runs the base model without the {kind}; choose "
             "--format ftjax"
         )
+    if kind == "prefix":
+        return _prefix_tensors(model, model_type, flat)
+    _refuse_prompt_class(model_type, cls)
     (path,) = [p for p in flat if methods.kind_of(p) == "prompt"]
     fields = {
         "peft_type": "PROMPT_TUNING",
         "num_virtual_tokens": cfg.peft.prompt_length,
         "token_dim": cfg.hidden_size,
-        "num_transformer_submodules": 1,  # the encoder only, as ftjax
+        "num_transformer_submodules": 1,  # T5: the encoder only, as ftjax
         "num_attention_heads": cfg.num_heads,
         "num_layers": cfg.num_layers,
         "prompt_tuning_init": "RANDOM",
@@ -169,6 +164,58 @@ def _prompt_tensors(model, flat, kind: str, cls: HfClass) -> tuple[dict, dict]:
         "tokenizer_kwargs": None,
     }
     return {PROMPT_KEY: np.ascontiguousarray(flat[path])}, fields
+
+
+def _refuse_prompt_class(model_type: str, cls: HfClass) -> None:
+    """PEFT's prompt is P extra input embeddings, and every class keeps their rows."""
+    where = f"method prompt on {model_type} with {cls.architecture}"
+    if model_type == "t5":
+        if cls.architecture != "T5ForConditionalGeneration":
+            raise ExportError(
+                f"{where}: PEFT's prompt positions would stay in that class's outputs; only "
+                "T5ForConditionalGeneration tasks export; choose --format ftjax"
+            )
+        return
+    if cls.architecture.endswith("ForSequenceClassification"):
+        if cls.architecture != "BertForSequenceClassification":
+            raise ExportError(
+                f"{where}: the class finds each row's last real token by the pad id in "
+                "input_ids, which PEFT replaces by embeddings, so it reads the last position "
+                "of every row; choose --format ftjax"
+            )
+        return
+    if not cls.architecture.endswith(PROMPT_CLASSES):
+        raise ExportError(
+            f"{where}: under PEFT that class's per-token outputs gain the P prompt rows before "
+            "the tokens' (ftjax's align with the tokens); choose --format ftjax"
+        )
+
+
+def _prefix_tensors(model, model_type: str, flat) -> tuple[dict, dict]:
+    """ftjax's per-layer prefixes [layers, 2, P, kv_heads, head_dim] as PEFT's
+    `prompt_embeddings` [P, layers * 2 * kv_heads * head_dim] (its key/value cache, folded
+    from the MLP where one trained, as PEFT saves it)."""
+    if model_type == "t5":
+        raise ExportError(f"method prefix on t5: {T5_PREFIX_DIFFERS}; choose --format ftjax")
+    if model.config.peft.prefix_hidden:
+        model, folded = methods.fold_prefix(model, partition.unflatten(dict(flat)))
+        flat = {p: np.asarray(v, np.float32) for p, v in partition.flatten(folded).items()}
+    cfg = model.config
+    (path,) = [p for p in flat if p.endswith("prefix/key_value")]
+    key_value = flat[path]
+    length = key_value.shape[2]
+    fields = {
+        "peft_type": "PREFIX_TUNING",
+        "num_virtual_tokens": length,
+        "token_dim": cfg.num_kv_heads * cfg.head_dim,
+        "num_attention_heads": cfg.num_kv_heads,
+        "num_layers": cfg.num_layers,
+        "num_transformer_submodules": 1,
+        "encoder_hidden_size": cfg.num_kv_heads * cfg.head_dim,
+        "prefix_projection": False,
+    }
+    table = key_value.transpose(2, 0, 1, 3, 4).reshape(length, -1)
+    return {PROMPT_KEY: np.ascontiguousarray(table)}, fields
 
 
 def _write(out: str | Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
@@ -205,25 +252,21 @@ def read_adapter(adapter_dir: str | Path, model, params: Mapping[str, Any]) -> t
     config = read_config(adapter_dir)
     where = str(Path(adapter_dir) / CONFIG_FILE)
     raw = load_file(Path(adapter_dir) / WEIGHTS_FILE)
-    tensors = {
-        (k[len(KEY_PREFIX) :] if k.startswith(KEY_PREFIX) else k): hub._as_float32(v)
-        for k, v in raw.items()
-    }
+    tensors = {_unprefixed(k): hub._as_float32(v) for k, v in raw.items()}
     kind = config.get("peft_type")
-    model_type = _model_type(model)
     if kind == "LORA":
         peft, flat = peft_lora.from_peft(model, tensors, config, where)
         used = {k for k in tensors if ".lora_A." in k or ".lora_B." in k}
     elif kind == "PROMPT_TUNING":
-        peft, flat = _prompt_from_peft(model_type, tensors, config, where)
+        peft, flat = _prompt_from_peft(model, tensors, config, where)
         used = {PROMPT_KEY}
     elif kind == "PREFIX_TUNING":
-        raise ExportError(
-            f"{where}: prefix tuning on {model_type}: {PREFIX_DIFFERS.get(model_type, '')}; "
-            "ftjax cannot compute what this adapter computes"
-        )
+        peft, flat = _prefix_from_peft(model, tensors, config, where)
+        used = {PROMPT_KEY}
     else:
-        raise ExportError(f"{where}: peft_type={kind!r}; ftjax reads LORA and PROMPT_TUNING")
+        raise ExportError(
+            f"{where}: peft_type={kind!r}; ftjax reads LORA, PREFIX_TUNING and PROMPT_TUNING"
+        )
     flat.update(_head_from_peft(tensors, set(tensors) - used, config, where))
     new_model = type(model)(dataclasses.replace(model.config, peft=peft))
     merged = {**partition.flatten(params), **flat}
@@ -246,19 +289,52 @@ def read_adapter(adapter_dir: str | Path, model, params: Mapping[str, Any]) -> t
     return new_model, partition.unflatten(merged)
 
 
-def _prompt_from_peft(model_type, tensors, config, where) -> tuple[PeftConfig, dict]:
-    if model_type != "t5":
-        raise ExportError(
-            f"{where}: prompt tuning on {model_type}: {PROMPT_DIFFERS[model_type]}; ftjax "
-            "cannot compute what this adapter computes"
-        )
+def _unprefixed(key: str) -> str:
+    for prefix in (KEY_PREFIX, PROMPT_HEAD_PREFIX):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def _one_submodule(config, where: str, what: str) -> None:
     if config.get("num_transformer_submodules", 1) != 1:
         raise ExportError(
             f"{where}: num_transformer_submodules={config['num_transformer_submodules']}: "
-            "the prompt also enters T5's decoder, ftjax's only the encoder"
+            f"the {what} also enters T5's decoder, ftjax's only the encoder"
         )
+
+
+def _prompt_from_peft(model, tensors, config, where) -> tuple[PeftConfig, dict]:
+    _one_submodule(config, where, "prompt")
     table = tensors[PROMPT_KEY]
+    if table.shape[1] != model.config.hidden_size:
+        raise ExportError(
+            f"{where}: {PROMPT_KEY} has width {table.shape[1]}, the base model's hidden size "
+            f"is {model.config.hidden_size}"
+        )
     return PeftConfig(prompt_length=table.shape[0]), {"prompt/embedding": table}
+
+
+def _prefix_from_peft(model, tensors, config, where) -> tuple[PeftConfig, dict]:
+    """PEFT's `prompt_embeddings` [P, layers * 2 * kv_heads * head_dim] (its key/value
+    cache, layer-major, key before value) as ftjax's prefixes of the layer stack."""
+    model_type, cfg = _model_type(model), model.config
+    if model_type == "t5":
+        raise ExportError(
+            f"{where}: prefix tuning on t5: {T5_PREFIX_DIFFERS}; ftjax cannot compute what "
+            "this adapter computes"
+        )
+    _one_submodule(config, where, "prefix")
+    table = tensors[PROMPT_KEY]
+    shape = (table.shape[0], cfg.num_layers, 2, cfg.num_kv_heads, cfg.head_dim)
+    if table.shape[1] != int(np.prod(shape[1:])):
+        raise ExportError(
+            f"{where}: {PROMPT_KEY} has width {table.shape[1]}, the base model's key/value "
+            f"cache needs layers x 2 x kv_heads x head_dim = {int(np.prod(shape[1:]))}"
+        )
+    (stack, _), *_ = hub.family_of(model).stacks(cfg)
+    key_value = np.ascontiguousarray(table.reshape(shape).transpose(1, 2, 0, 3, 4))
+    return PeftConfig(prefix_length=shape[0]), {f"{stack}/prefix/key_value": key_value}
 
 
 def _head_from_peft(tensors, rest: set[str], config, where) -> dict[str, np.ndarray]:

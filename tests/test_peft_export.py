@@ -67,8 +67,8 @@ def with_method(model, params, name: str, seed: int = 1, **options):
     return model, partition.unflatten(flat)
 
 
-def with_head(family, model, params, seed: int = 2):
-    task = TASK[family][0]
+def with_head(family, model, params, seed: int = 2, task: str | None = None):
+    task = task or TASK[family][0]
     if task in ("language_modeling", "seq2seq"):
         return params, hf_class(model, task)
     rng = np.random.default_rng(seed)
@@ -88,8 +88,8 @@ def ftjax_logits(family, model, params) -> np.ndarray:
     if family == "t5":
         return np.asarray(model.apply({"params": backbone}, IDS, MASK, DECODER_IDS).logits)
     out = model.apply({"params": backbone}, IDS, MASK)
-    if "head" not in params:
-        return np.asarray(out.logits)
+    if "head" not in params:  # LM logits, or an encoder's features
+        return np.asarray(out.last_hidden_state if out.logits is None else out.logits)
     head = params["head"]["dense"]
     features = out.pooled if family == "bert" else out.last_hidden_state
     return np.asarray(features @ np.asarray(head["kernel"]) + np.asarray(head["bias"]))
@@ -100,7 +100,8 @@ def torch_logits(family, model) -> np.ndarray:
     if family == "t5":
         kwargs["decoder_input_ids"] = torch.tensor(DECODER_IDS)
     with torch.no_grad():
-        return model(**kwargs).logits.numpy()
+        out = model(**kwargs)
+    return (out.last_hidden_state if "logits" not in out else out.logits).numpy()
 
 
 def compare(family, ours, theirs) -> float:
@@ -109,8 +110,8 @@ def compare(family, ours, theirs) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-def load_reference(family, folder, num_labels=NUM_LABELS):
-    cls = TASK[family][1]
+def load_reference(family, folder, num_labels=NUM_LABELS, cls=None):
+    cls = cls or TASK[family][1]
     kwargs = {"num_labels": num_labels} if "Classification" in cls.__name__ else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,20 +167,113 @@ def test_t5_prompt_adapter_loads_in_peft_and_matches(tmp_path, bases):
     assert compare("t5", ftjax_logits("t5", model, params), torch_logits("t5", loaded)) <= TOL
 
 
+# Prefix and prompt tuning: the class each family is compared through (one whose outputs
+# under PEFT's prompt are ftjax's: LM logits after the prompt rows, BERT's pooler).
+VIRTUAL = {
+    "bert": ("classification", transformers.BertForSequenceClassification),
+    "roberta": ("language_modeling", transformers.RobertaModel),  # features: no LM head
+    "gpt2": ("language_modeling", transformers.GPT2LMHeadModel),
+    "llama": ("language_modeling", transformers.LlamaForCausalLM),
+}
+VIRTUAL_TOKENS = 3
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory):
+    """A tiny RoBERTa; pad id 0, so its positions start at 1 (and IDS' padding is its
+    padding)."""
+    model = tiny_model("bert", model_type="roberta", pad_token_id=0, **NO_DROPOUT["bert"])
+    folder = save_pretrained(model, init_params(model, 0), tmp_path_factory.mktemp("roberta"))
+    model, params = from_pretrained(folder)
+    return folder, model, params
+
+
+def virtual_base(family, bases, roberta):
+    return roberta if family == "roberta" else bases[family]
+
+
+def peft_logits(family, method, loaded) -> np.ndarray:
+    """PEFT's logits for IDS; a prompt's rows (PEFT keeps them in LM logits) dropped."""
+    logits = torch_logits("bert" if family == "roberta" else family, loaded)
+    if method == "prompt" and logits.ndim == 3:
+        return logits[:, VIRTUAL_TOKENS:]
+    return logits
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+@pytest.mark.parametrize("family", list(VIRTUAL))
+def test_prefix_and_prompt_exports_load_in_peft_and_match(tmp_path, bases, roberta, family, method):
+    """PEFT's prefix is a key/value cache and its prompt input embeddings: either moves
+    the real tokens to positions P.. (and the prompt goes through the embedding layer)."""
+    folder, base_model, base_params = virtual_base(family, bases, roberta)
+    task, cls = VIRTUAL[family]
+    model, params = with_method(base_model, base_params, method, length=VIRTUAL_TOKENS)
+    params, hf = with_head(family, model, params, task=task)
+    lookup = "bert" if family == "roberta" else family
+    ours = ftjax_logits(lookup, model, params)
+    peft_format.write_adapter(model, params, hf, tmp_path / "a", base_model=str(folder))
+    reference = load_reference(family, folder, cls=cls)
+    base_logits = peft_logits(family, "none", reference)
+    loaded = peft.PeftModel.from_pretrained(reference, tmp_path / "a").eval()
+    diff = compare(lookup, ours, peft_logits(family, method, loaded))
+    print(f"{family} {method} vs PEFT: max |diff| {diff:.1e}")
+    assert diff <= TOL
+    assert compare(lookup, ours, base_logits) > 100 * TOL  # the prefix / prompt took effect
+
+
+def test_prefix_mlp_exports_folded(tmp_path, bases):
+    """A prefix trained through Li & Liang's MLP is saved as PEFT saves one: folded."""
+    folder, base_model, base_params = bases["gpt2"]
+    model, params = with_method(base_model, base_params, "prefix", length=2, hidden=8)
+    peft_format.write_adapter(model, params, hf_class(model, "language_modeling"), tmp_path)
+    loaded = peft.PeftModel.from_pretrained(load_reference("gpt2", folder), tmp_path).eval()
+    ours = ftjax_logits("gpt2", model, params)
+    assert compare("gpt2", ours, torch_logits("gpt2", loaded)) <= TOL
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_left_padded_rows_match_peft_on_each_row_alone(tmp_path, bases, method):
+    """Left padding leaves a row's positions as they are alone (P.. after the prefix or
+    prompt): each row of a left-padded batch gives what PEFT gives that row unpadded."""
+    folder, base_model, base_params = bases["llama"]
+    model, params = with_method(base_model, base_params, method, length=VIRTUAL_TOKENS)
+    peft_format.write_adapter(model, params, hf_class(model, "seq2seq"), tmp_path)
+    made = peft.PeftModel.from_pretrained(
+        load_reference("llama", folder, cls=transformers.LlamaForCausalLM), tmp_path
+    ).eval()
+    left = np.array([[0, 0, 0, 2023, 3185, 2001], [0, 101, 6659, 102, 7, 9]])
+    mask = (left != 0).astype(np.int64)
+    batch = np.asarray(model.apply({"params": params}, left, mask).logits)
+    for row in range(2):
+        real = left[row][mask[row] == 1][None]
+        with torch.no_grad():
+            theirs = made(input_ids=torch.tensor(real)).logits.numpy()
+        theirs = theirs[:, VIRTUAL_TOKENS:] if method == "prompt" else theirs
+        assert np.abs(batch[row][mask[row] == 1] - theirs[0]).max() <= TOL
+
+
 @pytest.mark.parametrize("family", list(TASK))
-def test_prefix_and_prompt_that_peft_computes_differently_are_refused(tmp_path, bases, family):
+def test_what_peft_computes_differently_is_refused(tmp_path, bases, family):
     _, base_model, base_params = bases[family]
     model, params = with_method(base_model, base_params, "prefix", length=2)
     lm = hf_class(model, "seq2seq")
-    with pytest.raises(ExportError, match=f"method prefix on {family}: .*--format ftjax"):
-        peft_format.write_adapter(model, params, lm, tmp_path / "p")
+    if family == "t5":  # PEFT's T5 prefix reaches only the decoder's self-attention
+        with pytest.raises(ExportError, match="method prefix on t5: .*decoder's self-attention"):
+            peft_format.write_adapter(model, params, lm, tmp_path / "p")
     with pytest.raises(ExportError, match="method prefix: .*--format ftjax"):
         write_hf(model, params, lm, tmp_path / "h")
     assert not (tmp_path / "p").exists() and not (tmp_path / "h").exists()
-    if family != "t5":
+    if family in ("gpt2", "llama"):  # these classes cannot find the last real token
         model, params = with_method(base_model, base_params, "prompt", length=2)
-        with pytest.raises(ExportError, match=f"method prompt on {family}: .*position"):
-            peft_format.write_adapter(model, params, lm, tmp_path / "q")
+        head = {"dense/kernel": np.ones((model.config.hidden_size, 2)), "dense/bias": np.zeros(2)}
+        cls = hf_class(model, "classification", FeatureSpec("last"), 2, head=head)
+        with pytest.raises(ExportError, match="last real token by the pad id"):
+            peft_format.write_adapter(model, params, cls, tmp_path / "q")
+    if family == "llama":  # per-token outputs would gain the prompt rows
+        model, params = with_method(base_model, base_params, "prompt", length=2)
+        params, cls = with_head(family, model, params)
+        with pytest.raises(ExportError, match="gain the P prompt rows"):
+            peft_format.write_adapter(model, params, cls, tmp_path / "r")
 
 
 def test_heads_transformers_computes_differently_are_refused(bases):

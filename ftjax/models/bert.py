@@ -128,26 +128,36 @@ class BertLayer(nn.Module):
 
 
 class BertEmbeddings(nn.Module):
+    """Word, position and token-type embeddings, LayerNorm, dropout. `words` and the rest
+    are separate calls so that a soft prompt can go between them: PEFT feeds the prompt
+    to BERT as input embeddings, which then gain positions, token type 0 and the norm."""
+
     config: BertConfig
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+    def setup(self) -> None:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
 
-        def table(num: int, axes: tuple[str, str], name: str) -> layers.Embed:
-            return layers.Embed(num, cfg.hidden_size, axes, dtype, cfg.initializer_range, name=name)
+        def table(num: int, axes: tuple[str, str]) -> layers.Embed:
+            return layers.Embed(num, cfg.hidden_size, axes, dtype, cfg.initializer_range)
 
-        x = (
-            table(cfg.vocab_size, (layers.VOCAB, layers.EMBED), "word_embeddings")(input_ids)
-            + table(
-                cfg.max_position_embeddings, (layers.POSITION, layers.EMBED), "position_embeddings"
-            )(position_ids)
-            + table(cfg.type_vocab_size, (layers.TYPE, layers.EMBED), "token_type_embeddings")(
-                token_type_ids
-            )
+        self.word_embeddings = table(cfg.vocab_size, (layers.VOCAB, layers.EMBED))
+        self.position_embeddings = table(
+            cfg.max_position_embeddings, (layers.POSITION, layers.EMBED)
         )
-        x = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="layer_norm")(x)
-        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        self.token_type_embeddings = table(cfg.type_vocab_size, (layers.TYPE, layers.EMBED))
+        self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps, dtype)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def words(self, input_ids: jax.Array) -> jax.Array:
+        return self.word_embeddings(input_ids)
+
+    def __call__(self, words, token_type_ids, position_ids, deterministic: bool) -> jax.Array:
+        x = (
+            words
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.layer_norm(x), deterministic=deterministic)
 
 
 class BertEncoder(nn.Module):
@@ -187,8 +197,11 @@ class MlmHead(nn.Module):
 
 
 class BertModel(nn.Module):
-    """BERT-style encoder; returns final hidden states, (optionally) the [CLS] pooler and
-    (optionally) masked-LM logits."""
+    """BERT-style encoder; returns final hidden states, (optionally) the tanh pooler over
+    the first slot ([CLS], or with a soft prompt the prompt's first slot, which is what
+    PEFT's BertForSequenceClassification classifies) and (optionally) masked-LM logits.
+    A prefix or prompt of length P moves the real tokens' positions by P
+    (`default_position_ids`)."""
 
     config: BertConfig
 
@@ -208,13 +221,21 @@ class BertModel(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if position_ids is None:
-            position_ids = self.default_position_ids(input_ids)
         embeddings = BertEmbeddings(cfg, name="embeddings")
-        x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        x, attention_mask, prompted = layers.prepend_prompt(cfg.peft, x, attention_mask)
+        words, attention_mask, prompted = layers.prepend_prompt(
+            cfg.peft, embeddings.words(input_ids), attention_mask
+        )
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids, prompted)
+        else:  # given ones count real tokens: moved past a prefix or prompt, as by default
+            position_ids = layers.with_prompt_positions(
+                position_ids + layers.virtual_tokens(cfg.peft), prompted
+            )
+        token_type_ids = jnp.pad(token_type_ids, ((0, 0), (prompted, 0)))
+        x = embeddings(words, token_type_ids, position_ids, deterministic)
         mask = layers.padding_mask(None, attention_mask)
         states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
+        first = states[-1][:, 0]  # the pooler's slot: a prompt's first, as in PEFT
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         pooled = None
         if cfg.with_pooler:
@@ -225,7 +246,7 @@ class BertModel(nn.Module):
                 kernel_init=nn.initializers.normal(cfg.initializer_range),
                 name="pooler",
             )
-            pooled = jnp.tanh(dense(states[-1][:, 0]))
+            pooled = jnp.tanh(dense(first))
         logits = None
         if cfg.with_mlm_head:
             table = nn.unbox(embeddings.variables["params"]["word_embeddings"]["embedding"])
@@ -237,12 +258,20 @@ class BertModel(nn.Module):
             logits=logits,
         )
 
-    def default_position_ids(self, input_ids: jax.Array) -> jax.Array:
-        if self.config.model_type == "roberta":
-            # RoBERTa numbers real tokens from pad_token_id + 1 and gives pads pad_token_id.
-            real = (input_ids != self.config.pad_token_id).astype(jnp.int32)
-            return jnp.cumsum(real, axis=1) * real + self.config.pad_token_id
-        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    def default_position_ids(self, input_ids: jax.Array, prompted: int) -> jax.Array:
+        """Hugging Face's positions, past a prefix of P key/value slots or a prompt of P
+        input embeddings: BERT numbers every slot (`arange`, from P after a prefix);
+        RoBERTa from pad_token_id + 1, skipping pads when it sees token ids (a prefix)
+        and numbering every slot when it sees embeddings (a prompt)."""
+        cfg = self.config
+        if cfg.model_type == "roberta" and not prompted:
+            real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            return (jnp.cumsum(real, axis=1) + cfg.peft.prefix_length) * real + cfg.pad_token_id
+        batch, length = input_ids.shape
+        first = roberta_offset(cfg) + cfg.peft.prefix_length
+        return jnp.broadcast_to(
+            jnp.arange(first, first + prompted + length), (batch, prompted + length)
+        )
 
 
 def tensor_maps(cfg: BertConfig) -> list[TensorMap]:

@@ -145,8 +145,11 @@ class GPT2Model(nn.Module):
     """GPT-2 with its tied LM head; returns final hidden states and logits.
 
     Position ids default to each token's index among the real tokens of its row, so
-    left padding (and, later, a prefix) leaves the real tokens' positions unchanged;
-    for right-padded batches this is Hugging Face's default `arange`.
+    left padding leaves the real tokens' positions unchanged; for right-padded batches
+    this is Hugging Face's default `arange`. A prefix or a soft prompt of length P takes
+    positions 0..P-1 and moves the real tokens to P.. (PEFT's convention, where the
+    prefix is a key/value cache and the prompt input embeddings); given position ids
+    count real tokens and are moved by P the same way.
 
     `decode="prefill"` or `"step"` runs with a key/value cache (`ftjax.generation`): the
     attention mask then spans the whole cache and position ids are required; a soft
@@ -170,7 +173,7 @@ class GPT2Model(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         position_ids = layers.real_token_positions(
-            attention_mask, position_ids, decode, "GPT2Model"
+            attention_mask, position_ids, decode, "GPT2Model", layers.virtual_tokens(cfg.peft)
         )
         wte = layers.Embed(
             cfg.vocab_size,
@@ -188,9 +191,12 @@ class GPT2Model(nn.Module):
             cfg.initializer_range,
             name="position_embeddings",
         )
-        x = wte(input_ids) + wpe(position_ids)
+        # The prompt enters as input embeddings: it gains position embeddings 0..P-1.
+        x, attention_mask, prompted = layers.prepend_prompt(
+            cfg.peft, wte(input_ids), attention_mask, decode
+        )
+        x = x + wpe(layers.with_prompt_positions(position_ids, prompted))
         x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
-        x, attention_mask, prompted = layers.prepend_prompt(cfg.peft, x, attention_mask, decode)
         mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
         states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
         states = [s[:, prompted:] for s in states]  # outputs align with inputs

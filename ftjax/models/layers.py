@@ -192,17 +192,37 @@ def padding_mask(query_valid: Array | None, key_valid: Array) -> Array:
     return mask
 
 
+def virtual_tokens(peft: PeftConfig) -> int:
+    """How many positions a prefix or a soft prompt takes before the real tokens. PEFT
+    (and Li & Liang's, P-tuning v2's code) hands a prefix to the model as a key/value
+    cache of that length and a prompt as that many input embeddings, so either way the
+    real tokens count their positions from here."""
+    return peft.prefix_length + peft.prompt_length
+
+
 def real_token_positions(
-    attention_mask: Array, position_ids: Array | None, decode: str, model: str
+    attention_mask: Array, position_ids: Array | None, decode: str, model: str, offset: int = 0
 ) -> Array:
-    """Each token's index among the real tokens of its row, unless given: left padding
-    (and a prompt or prefix) leaves the real tokens' positions unchanged; for right-padded
-    rows this is Hugging Face's default `arange`. Decoding with a cache must give them."""
-    if position_ids is not None:
-        return position_ids
-    if decode:
-        raise ValueError(f"{model}: decoding with a cache needs position_ids")
-    return jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    """Each token's index among the real tokens of its row (unless given), plus `offset`
+    (`virtual_tokens`): left padding leaves the real tokens' positions unchanged; for
+    right-padded rows this is Hugging Face's default `arange(offset, offset + n)`.
+    Decoding with a cache must give them (counted over real tokens, without the offset)."""
+    if position_ids is None:
+        if decode:
+            raise ValueError(f"{model}: decoding with a cache needs position_ids")
+        position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    return position_ids + offset
+
+
+def with_prompt_positions(positions: Array, prompted: int) -> Array:
+    """The prompt's slots take positions 0..prompted-1 before the real tokens' (PEFT feeds
+    the prompt as input embeddings, so the model numbers it first)."""
+    if not prompted:
+        return positions
+    front = jnp.broadcast_to(
+        jnp.arange(prompted, dtype=positions.dtype), (positions.shape[0], prompted)
+    )
+    return jnp.concatenate([front, positions], axis=1)
 
 
 def causal_mask(length: int) -> Array:
@@ -458,7 +478,8 @@ def layer_stack(
 class SoftPrompt(nn.Module):
     """Lester et al. (2021): P trainable vectors placed before the input embeddings.
 
-    Real tokens keep their positions; the prompt positions are always attended to.
+    As in PEFT, the prompt takes positions 0..P-1 and the real tokens follow from P
+    (`virtual_tokens`); the prompt positions are always attended to.
     Initialised U(-0.5, 0.5); `ftjax.methods` re-initialises from vocabulary or text.
     """
 

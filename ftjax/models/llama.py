@@ -141,9 +141,11 @@ class LlamaModel(nn.Module):
     """A Llama-family decoder with its LM head; returns final hidden states and logits.
 
     Positions count real tokens (`layers.real_token_positions`), so left or right
-    padding leaves every real token's rotation unchanged; soft-prompt slots take
-    position 0. `decode="prefill"` / `"step"` runs with a key/value cache
-    (`ftjax.generation`); the prompt enters the cache at prefill only.
+    padding leaves every real token's rotation unchanged. A prefix or soft prompt of
+    length P takes positions 0..P-1 (prompt slots rotate by them, prefix keys are stored
+    unrotated, as in PEFT's key/value cache) and real tokens rotate by P + their index.
+    `decode="prefill"` / `"step"` runs with a key/value cache (`ftjax.generation`);
+    the prompt enters the cache at prefill only.
     """
 
     config: LlamaConfig
@@ -162,7 +164,9 @@ class LlamaModel(nn.Module):
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        positions = layers.real_token_positions(attention_mask, position_ids, decode, "LlamaModel")
+        positions = layers.real_token_positions(
+            attention_mask, position_ids, decode, "LlamaModel", layers.virtual_tokens(cfg.peft)
+        )
         embed = layers.Embed(
             cfg.vocab_size, cfg.hidden_size, (layers.VOCAB, layers.EMBED), dtype,
             cfg.initializer_range, name="word_embeddings",
@@ -170,7 +174,7 @@ class LlamaModel(nn.Module):
         x, attention_mask, prompted = layers.prepend_prompt(
             cfg.peft, embed(input_ids), attention_mask, decode
         )
-        positions = jnp.pad(positions, ((0, 0), (prompted, 0)))
+        positions = layers.with_prompt_positions(positions, prompted)
         inv_freq = rope.inverse_frequencies(
             cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions
         )
