@@ -193,8 +193,12 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     try:
         while step < exp.total_steps:
             for index, batch in enumerate(exp.loader.train_batches(epoch, start), start):
+                rng = jax.random.fold_in(base_rng, step)
+                if cfg.peak_flops:  # before the step: it donates the state
+                    steps.step_flops(state, batch, rng)
+                compile_seconds = steps.compile_train(state, batch, rng)  # not the step's time
                 tic = time.perf_counter()
-                state, metrics = steps.train(state, batch, jax.random.fold_in(base_rng, step))
+                state, metrics = steps.train(state, batch, rng)
                 loss = float(metrics["loss"])  # also waits for the step to finish
                 seconds = time.perf_counter() - tic
                 step_times.append(seconds)
@@ -206,6 +210,8 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
                         f"{mngr.latest_step()}. Try a lower config.optimizer.learning_rate."
                     )
                 row = _step_metrics(exp, steps, batch, metrics, loss, seconds, step)
+                if compile_seconds:
+                    row["compile_seconds"] = compile_seconds
                 progress.update(step, {"loss": loss, "lr": row["learning_rate"]})
                 if step % cfg.log_every == 0:
                     writer.write(step, "train", row)

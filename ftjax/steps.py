@@ -8,6 +8,7 @@ the train step differentiates `task.loss`, the eval step runs `task.eval_outputs
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -47,32 +48,52 @@ class Steps:
             self._eval_outputs, out_shardings=replicated, compiler_options=self.compiler_options
         )
         self.compiled: dict[tuple, Any] = {}
-        self.flops: dict[tuple, float] = {}
+        self.flops: dict[tuple, float] = {}  # per batch shape: global FLOPs of a step
 
     def _eval_outputs(self, state: TrainState, batch: dict):
         return self.exp.task.eval_outputs(partition.merge(state.trainable, state.frozen), batch)
 
-    def train(self, state: TrainState, batch: dict, rng: jax.Array):
+    def compile_train(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
+        """Compiles the train step for this batch shape, once, apart from the timed steps;
+        returns the seconds it took (0.0: compiled before)."""
         key = shape_key(batch)
-        if key not in self.compiled:
-            global_batch = to_global(self.exp, batch, self.accumulate)
-            replicated = sharding.replicated(self.exp.mesh)
-            fn = jax.jit(
-                make_train_step(self.exp.task.loss, self.exp.tx, self.accumulate),
-                in_shardings=(
-                    self.shardings,
-                    {k: v.sharding for k, v in global_batch.items()},
-                    replicated,
-                ),
-                out_shardings=(self.shardings, replicated),
-                donate_argnums=0,
-            )
-            compiled = fn.lower(state, global_batch, rng).compile(self.compiler_options)
-            self.compiled[key] = compiled
-            cost = compiled.cost_analysis()
+        if key in self.compiled:
+            return 0.0
+        tic = time.perf_counter()
+        global_batch = to_global(self.exp, batch, self.accumulate)
+        replicated = sharding.replicated(self.exp.mesh)
+        fn = jax.jit(
+            make_train_step(self.exp.task.loss, self.exp.tx, self.accumulate),
+            in_shardings=(
+                self.shardings,
+                {k: v.sharding for k, v in global_batch.items()},
+                replicated,
+            ),
+            out_shardings=(self.shardings, replicated),
+            donate_argnums=0,
+        )
+        self.compiled[key] = fn.lower(state, global_batch, rng).compile(self.compiler_options)
+        return time.perf_counter() - tic
+
+    def step_flops(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
+        """FLOPs of one train step over the whole batch, all devices together (once per
+        batch shape). The compiled executable's cost analysis is per device (after
+        partitioning) and counts a gradient-accumulation scan's body once, so the step is
+        lowered (not compiled) without mesh or micro-batches: the same arithmetic, whole."""
+        key = shape_key(batch)
+        if key not in self.flops:
+            whole = jax.jit(make_train_step(self.exp.task.loss, self.exp.tx, 1))
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+            cost = whole.lower(state, abstract, rng).cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             self.flops[key] = float((cost or {}).get("flops", 0.0))
-        return self.compiled[key](state, to_global(self.exp, batch, self.accumulate), rng)
+        return self.flops[key]
+
+    def train(self, state: TrainState, batch: dict, rng: jax.Array):
+        self.compile_train(state, batch, rng)
+        return self.compiled[shape_key(batch)](
+            state, to_global(self.exp, batch, self.accumulate), rng
+        )
 
     def evaluate(self, state: TrainState, role: str) -> dict[str, Any]:
         """The task's metrics on split `role` (plus loss and the number of examples)."""

@@ -71,6 +71,8 @@ def test_sharded_meshes_match_one_device(tiny):
         one = np.array(result["1"]["losses"])
         for mesh in meshes[1:]:
             np.testing.assert_allclose(result[mesh]["losses"], one, rtol=1e-5, err_msg=mesh)
+            # MFU's FLOPs are the whole step's, whatever the mesh (not one device's share)
+            assert result[mesh]["flops"] == result["1"]["flops"] > 0, mesh
         specs = result["2x2x2"]["specs"]
         assert specs["encoder/layer_0/attention/query/kernel"] == ["fsdp", "tensor"]
         assert specs["encoder/layer_0/mlp/output/kernel"] == ["tensor", "fsdp"]
@@ -349,3 +351,33 @@ def test_probe_caches_features_only_when_just_the_head_trains(tiny, extra):
         state, _ = steps.train(state, batch, jax.random.PRNGKey(i))
     moved = {p for p, v in state.trainable.items() if not np.array_equal(np.asarray(v), before[p])}
     assert moved == trained
+
+
+def test_mfu_counts_the_whole_step_against_a_closed_form(tmp_path):
+    """A probe's step on a ReLU BERT is its forward pass: matmuls in closed form, plus a
+    few percent of elementwise work. Counted whole with gradient accumulation too (a scan
+    body is not one micro-batch), and without the compilation in the step's time."""
+    model_dir = make_checkpoint(
+        tmp_path / "m", hidden_size=64, intermediate_size=256, hidden_act="relu"
+    )
+    data = make_dataset(tmp_path / "d", (("train", 32), ("validation", 8), ("test", 8)))
+    b, s, h, i, layers = 8, 32, 64, 256, 2
+    projections_and_mlp = 2 * b * s * (4 * h * h + 2 * h * i)
+    scores_and_mixing = 2 * 2 * b * s * s * h
+    closed_form = layers * (projections_and_mlp + scores_and_mixing)
+    peak = 1e12
+    for accum in (1, 2):
+        config = tiny_config(model_dir, data, "probe", prng_impl="rbg", max_steps=2)
+        config.train.peak_flops = peak
+        config.method.cache_features = False
+        config.model.dropout = config.task.head_dropout = 0.0
+        config.optimizer.grad_accum = accum
+        config.data.update(max_length=s, bucket_step=s)
+        loop.run(config, tmp_path / f"accum{accum}")
+        rows = [json.loads(line) for line in (tmp_path / f"accum{accum}" / "metrics.jsonl").open()]
+        train = [r for r in rows if r["kind"] == "train"]
+        assert len(train) == 2
+        for row in train:
+            counted = row["mfu"] * row["step_seconds"] * peak * jax.device_count()
+            assert closed_form <= counted <= 1.05 * closed_form, (accum, counted / closed_form)
+        assert train[0]["compile_seconds"] > 10 * train[0]["step_seconds"]

@@ -1,4 +1,5 @@
-"""Runs a few train steps of the tiny model on several meshes; prints losses as JSON.
+"""Runs a few train steps of the tiny model on several meshes; prints losses, parameter
+shardings and the first step's FLOPs (as counted for MFU) as JSON.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/test_trainer.py does).
 """
@@ -31,13 +32,16 @@ def losses(model_dir, data_dir, method, mesh_name, steps=3):
     for i, batch in enumerate(exp.loader.train_batches(0, 0)):
         if i == steps:
             break
-        state, metrics = train.train(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))
+        rng = jax.random.fold_in(jax.random.PRNGKey(0), i)
+        if i == 0:  # before the step: it donates the state
+            flops = train.step_flops(state, batch, rng)
+        state, metrics = train.train(state, batch, rng)
         out.append(float(metrics["loss"]))
     specs = {
         p: list(a.sharding.spec) + [None] * (a.ndim - len(a.sharding.spec))
         for p, a in {**state.trainable, **state.frozen}.items()
     }
-    return {"losses": out, "specs": specs}
+    return {"losses": out, "specs": specs, "flops": flops}
 
 
 if __name__ == "__main__":
