@@ -8,7 +8,7 @@ setup(
     description="Fine-tuning methods for BERT, GPT-2, Llama and T5 in JAX/Flax, compared.",
     packages=find_packages(include=["ftjax", "ftjax.*"]),
     python_requires=">=3.10",
-    # The stack measured to work together (DESIGN.md). transformers is used for
+    # The stack measured to work together (pinned). transformers is used for
     # tokenizers and configs only: v5 ships no Flax models.
     install_requires=[
         "jax==0.10.2",

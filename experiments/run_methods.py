@@ -21,8 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["probe", "full", "top_k", "layernorm", "bitfit", "lora", "adapter", "prefix", "prompt"]
 
 
-def run(method: str, extra: list[str]) -> dict:
-    workdir = ROOT / "experiments" / "runs" / method
+def run(method: str, extra: list[str], root: Path) -> dict:
+    """One method's results; a workdir that already holds them (a finished run, rerun
+    with the same flags) is reused: the CLI would only test it again."""
+    workdir = root / method
+    row_file = workdir / "run_methods.json"
+    if row_file.is_file() and json.loads(row_file.read_text()).get("flags") == extra:
+        print(f"{method}: finished in {workdir}, reusing its results", flush=True)
+        return json.loads(row_file.read_text())["row"]
     start = time.perf_counter()
     proc = subprocess.run(
         [
@@ -45,6 +51,7 @@ def run(method: str, extra: list[str]) -> dict:
     result["wall_seconds"] = time.perf_counter() - start
     config = json.loads((workdir / "config.json").read_text())
     result["learning_rate"] = config["optimizer"]["learning_rate"]
+    row_file.write_text(json.dumps({"flags": extra, "row": result}, indent=2) + "\n")
     return result
 
 
@@ -69,10 +76,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default=str(ROOT / "experiments" / "methods.md"))
+    parser.add_argument("--root", default=str(ROOT / "experiments" / "runs"), help="workdirs")
     args, extra = parser.parse_known_args()
     rows = []
     for method in args.methods.split(","):
-        rows.append(run(method, extra))
+        rows.append(run(method, extra, Path(args.root)))
         print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)

@@ -54,6 +54,8 @@ def test_cli_trains_tests_and_evaluates(tmp_path):
     rerun = again()  # the same command: says the run is finished, tests it again
     assert rerun.returncode == 0 and "holds a finished run" in rerun.stdout
     assert final in rerun.stdout
+    retested = json.loads((workdir / "results.json").read_text())
+    assert retested["median_step_seconds"] == results["median_step_seconds"] is not None
     refused = again("--config.train.seed=1")  # another run in this workdir: one line, no trace
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "workdir error:" in refused.stderr and "train.seed: 0 -> 1" in refused.stderr
@@ -132,3 +134,21 @@ def test_cli_evaluates_an_untrained_model_on_a_test_split_alone(tmp_path):
     assert result["test"]["examples"] == 16 and 0.0 <= result["test"]["rouge_l"] <= 1.0
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["task"]["decoding"] == "beam" and saved["data"]["name"] == str(data)
+
+
+def test_run_methods_reuses_finished_workdirs(tmp_path):
+    model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [
+        sys.executable, "experiments/run_methods.py", "--methods", "bitfit",
+        "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "methods.md"),
+        f"--config.model.name={model}", f"--config.data.name={data}",
+        "--config.train.max_steps=2", "--config.train.prng_impl=rbg",
+    ]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "methods.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing its results" in again.stdout
+    assert (tmp_path / "methods.md").read_text() == table and "| bitfit |" in table

@@ -3,8 +3,8 @@
 Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `mlp`,
 `norm`, ...), so that sharding is a rules table in `ftjax.sharding`, never a model edit.
 Kernels are stored `(in, out)`, float32; the compute dtype is a module field, and matmuls
-accumulate in float32 whatever the compute dtype (on CPU bf16 inputs with f32 accumulation
-are the fast path; see DESIGN.md).
+accumulate in float32 whatever the compute dtype (bf16 inputs with f32 accumulation: on
+accelerators the fast path; on this CPU slower than float32, experiments/RESULTS.md).
 
 Hooks for parameter-efficient methods live here, so each family gets them for free:
 `Dense` is the single place where LoRA factors can be attached, and `Attention` is the
