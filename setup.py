@@ -6,7 +6,9 @@ setup(
     name="ftjax",
     version="0.1.0",
     description="Fine-tuning methods for BERT, GPT-2, Llama and T5 in JAX/Flax, compared.",
-    packages=find_packages(include=["ftjax", "ftjax.*"]),
+    # configs/ ships as ftjax.configs: the default run needs it outside the source tree.
+    packages=[*find_packages(include=["ftjax", "ftjax.*"]), "ftjax.configs"],
+    package_dir={"ftjax.configs": "configs"},
     python_requires=">=3.10",
     # The stack measured to work together (pinned). transformers is used for
     # tokenizers and configs only: v5 ships no Flax models.

@@ -15,9 +15,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ftjax import cli
+from ftjax import cli, configs
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sentiment.py")
+# From the installed package ftjax.configs (= configs/), with or without the source tree.
+DEFAULT_CONFIG = str(Path(configs.__file__).parent / "sentiment.py")
 CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file")
 WORKDIR = flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and results")
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
