@@ -127,13 +127,21 @@ def check_positions(config: ml_collections.ConfigDict, task: tasks.Task) -> None
     would read out of range, which JAX answers with NaN rather than an error."""
     limit = task.family.max_positions(task.model.config)
     lengths = task.group_limits()
-    if limit is None or max(lengths.values()) <= limit:
+    if limit is None:
+        return
+    from ftjax.models.layers import virtual_tokens
+
+    # A prefix or prompt takes positions 0..P-1 before the real tokens (as in PEFT).
+    taken = virtual_tokens(task.model.config.peft)
+    if max(lengths.values()) <= limit - taken:
         return
     parts = ", ".join(f"{group} {n}" for group, n in lengths.items())
+    method = f", {taken} of them taken by the method's prefix / prompt" if taken else ""
     raise ConfigError(
         f"config.data.max_length={config.data.max_length}: task {task.name} feeds the model "
-        f"sequences of up to {max(lengths.values())} tokens ({parts}), beyond the {limit} "
-        f"positions of model {config.model.name}; lower config.data.max_length"
+        f"sequences of up to {max(lengths.values())} tokens ({parts}), beyond the "
+        f"{limit - taken} positions of model {config.model.name} ({limit}{method}); lower "
+        "config.data.max_length"
         + (" (or data.max_target_length)" if "max_target_length" in config.data else "")
     )
 

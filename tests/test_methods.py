@@ -220,8 +220,10 @@ def test_prefix_and_prompt_keep_padding_masks_right(family, name):
 
 
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
-def test_gpt2_real_token_positions_unchanged(name):
-    """Left padding, a prefix or a prompt: real tokens still count positions from 0."""
+def test_gpt2_left_padding_leaves_each_row_as_alone(name):
+    """With a prefix or a prompt, a left-padded row computes what the row alone does.
+    What the row alone computes (real tokens at positions P.., as PEFT places them) is
+    checked against PEFT in tests/test_peft_export.py."""
     _, task, params = trained("gpt2", name)
     model = task.model
     b = batch(4)

@@ -232,14 +232,15 @@ def test_prefix_mlp_exports_folded(tmp_path, bases):
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
-def test_left_padded_rows_match_peft_on_each_row_alone(tmp_path, bases, method):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_left_padded_rows_match_peft_on_each_row_alone(tmp_path, bases, family, method):
     """Left padding leaves a row's positions as they are alone (P.. after the prefix or
     prompt): each row of a left-padded batch gives what PEFT gives that row unpadded."""
-    folder, base_model, base_params = bases["llama"]
+    folder, base_model, base_params = bases[family]
     model, params = with_method(base_model, base_params, method, length=VIRTUAL_TOKENS)
     peft_format.write_adapter(model, params, hf_class(model, "seq2seq"), tmp_path)
     made = peft.PeftModel.from_pretrained(
-        load_reference("llama", folder, cls=transformers.LlamaForCausalLM), tmp_path
+        load_reference(family, folder, cls=VIRTUAL[family][1]), tmp_path
     ).eval()
     left = np.array([[0, 0, 0, 2023, 3185, 2001], [0, 101, 6659, 102, 7, 9]])
     mask = (left != 0).astype(np.int64)
@@ -319,15 +320,35 @@ ROUND_TRIPS = {
 }
 
 
-@pytest.mark.parametrize("family", list(TASK))
-def test_peft_to_ftjax_to_peft_is_bit_exact(tmp_path, bases, family):
+# (family, method) -> PEFT config, made by PEFT on VIRTUAL's class.
+VIRTUAL_ROUND_TRIPS = {
+    ("bert", "prefix"): lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3),
+    ("bert", "prompt"): lambda: peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3),
+    ("gpt2", "prefix"): lambda: peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3
+    ),
+    ("gpt2", "prompt"): lambda: peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3
+    ),
+    ("llama", "prefix"): lambda: peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3
+    ),
+    ("llama", "prompt"): lambda: peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [*TASK, *VIRTUAL_ROUND_TRIPS])
+def test_peft_to_ftjax_to_peft_is_bit_exact(tmp_path, bases, case):
+    family, method = case if isinstance(case, tuple) else (case, "")
     folder, base_model, base_params = bases[family]
-    made = native_adapter(
-        family, load_reference(family, folder), ROUND_TRIPS[family](), tmp_path / "a"
-    )
+    task, cls = VIRTUAL[family] if method else TASK[family]
+    config = VIRTUAL_ROUND_TRIPS[case]() if method else ROUND_TRIPS[family]()
+    made = native_adapter(family, load_reference(family, folder, cls=cls), config, tmp_path / "a")
     model, params = peft_format.read_adapter(tmp_path / "a", base_model, base_params)
-    assert compare(family, ftjax_logits(family, model, params), torch_logits(family, made)) <= TOL
-    task = TASK[family][0]
+    ours, theirs = ftjax_logits(family, model, params), peft_logits(family, method, made)
+    assert compare(family, ours, theirs) <= TOL
     spec = FeatureSpec("pooler") if task == "classification" else FeatureSpec("mean")
     cls = hf_class(model, task, spec, NUM_LABELS)
     peft_format.write_adapter(model, params, cls, tmp_path / "b", base_model=str(folder))
@@ -352,15 +373,16 @@ def test_peft_to_ftjax_to_peft_is_bit_exact(tmp_path, bases, family):
 
 
 def test_imports_refuse_what_ftjax_cannot_compute(tmp_path, bases):
-    folder, model, params = bases["gpt2"]
+    folder, model, params = bases["t5"]
     native_adapter(
-        "gpt2",
-        load_reference("gpt2", folder),
-        peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+        "t5",
+        load_reference("t5", folder),
+        peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2),
         tmp_path / "prefix",
     )
-    with pytest.raises(ExportError, match="prefix tuning on gpt2: .*positions"):
+    with pytest.raises(ExportError, match="prefix tuning on t5: .*decoder's self-attention"):
         peft_format.read_adapter(tmp_path / "prefix", model, params)
+    folder, model, params = bases["gpt2"]
     native_adapter(
         "gpt2",
         load_reference("gpt2", folder),
