@@ -443,3 +443,26 @@ def test_methods_table_lists_every_method():
     assert rows["probe"][0] == f"{head:,}"
     lora_rank8 = 8 * (H + H) * 2 * LAYERS  # default rank 8 on query and value
     assert rows["lora"][0] == f"{head + lora_rank8:,}"
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prefix_and_prompt_positions_count_against_the_table(tmp_path, method):
+    """A prefix or prompt of P takes positions 0..P-1 (PEFT's convention), so P fewer
+    real tokens fit in the table: the run is refused before the gather reads NaN."""
+    from ftjax.config import ConfigError
+    from ftjax.experiment import build
+    from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
+
+    model_dir = make_checkpoint(tmp_path / "bert", model_type="bert", max_position_embeddings=32)
+    data = make_dataset(tmp_path / "data", (("train", 8), ("validation", 4), ("test", 4)))
+    config = tiny_config(model_dir, data, method)
+    config.method.length = 4
+    config.data.max_length = 28
+    exp = build(config)
+    ids = np.full((1, 29), 1000, np.int32)
+    params = {k: v for k, v in exp.params.items() if k != "head"}
+    out = exp.task.model.apply({"params": params}, ids, np.ones_like(ids))
+    assert np.isnan(np.asarray(out.last_hidden_state)).any()  # what the check prevents
+    config.data.max_length = 29
+    with pytest.raises(ConfigError, match=r"beyond the 28 positions .*\(32, 4 of them taken"):
+        build(config)
