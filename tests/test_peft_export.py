@@ -402,12 +402,13 @@ def test_imports_refuse_what_ftjax_cannot_compute(tmp_path, bases):
         peft_format.read_adapter(tmp_path / "pooler", model, params)
 
 
-def test_minilm_lora_adapter_matches_peft(tmp_path):
+@pytest.mark.parametrize("method, options", [("lora", {"rank": 4}), ("prompt", {"length": 4})])
+def test_minilm_adapter_matches_peft(tmp_path, method, options):
     from ftjax import assets
 
     folder = assets.fetch("minilm")
     base_model, base_params = from_pretrained("minilm")
-    model, params = with_method(base_model, base_params, "lora", rank=4)
+    model, params = with_method(base_model, base_params, method, **options)
     params, cls = with_head("bert", model, params)  # BertForSequenceClassification
     peft_format.write_adapter(model, params, cls, tmp_path / "minilm", base_model="minilm")
     with warnings.catch_warnings():
@@ -417,5 +418,5 @@ def test_minilm_lora_adapter_matches_peft(tmp_path):
         ).eval()
     loaded = peft.PeftModel.from_pretrained(reference, tmp_path / "minilm").eval()
     diff = compare("bert", ftjax_logits("bert", model, params), torch_logits("bert", loaded))
-    print(f"MiniLM LoRA adapter vs PEFT: max |diff| {diff:.1e}")
+    print(f"MiniLM {method} adapter vs PEFT: max |diff| {diff:.1e}")
     assert diff <= TOL
