@@ -1,5 +1,5 @@
 """ftjax's own export format: every parameter as ftjax runs it, for what neither PEFT nor
-transformers can represent (bottleneck adapters, ftjax's prefix and prompt placements,
+transformers can represent (bottleneck adapters, T5 prefixes in the encoder and cross-attention,
 heads on layer mixes or mean pooling).
 
     write(out, model, params, why="...", run_config={...})
