@@ -24,6 +24,7 @@ def reporting_user_errors(run: Callable[[], T]) -> T:
     from ftjax import loop
     from ftjax.checkpoints import ResumeError
     from ftjax.config import ConfigError
+    from ftjax.hf_classes import ExportError
     from ftjax.methods import MethodError
     from ftjax.models.hub import CheckpointError
     from ftjax.partition import PatternError
@@ -32,6 +33,7 @@ def reporting_user_errors(run: Callable[[], T]) -> T:
 
     kinds = (
         ((ConfigError, MethodError, PatternError), "config error", 2),
+        ((ExportError,), "adapter or export error", 2),
         ((DataRowError,), "data error", 2),
         ((CheckpointError, SourceError), "model error", 2),
         ((ResumeError,), "workdir error", 2),

@@ -25,7 +25,7 @@ UNMERGEABLE = {
     "prefix": "prefix key/values are no weights of a transformers class; choose --format "
     "ftjax (or --format peft where PEFT's prefix computes the same)",
     "prompt": "a soft prompt is no weight of a transformers class; choose --format peft "
-    "(prompt tuning on T5) or ftjax",
+    "(where PEFT's prompt tuning computes the same) or ftjax",
 }
 
 

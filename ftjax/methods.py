@@ -23,10 +23,10 @@ LoRA + BitFit), `train_embeddings` and `train_head`):
 | selective | patterns (required) | what the regexes name |
 | lora | rank=8, alpha=16, dropout=0.0, targets=family default, init_from="" | LoRA factors |
 | adapter | size=64, train_norms=True | bottleneck adapters (+ norms, as Houlsby et al.) |
-| prefix | length=20, hidden=0 (>0: MLP reparameterisation) | key/value prefixes |
+| prefix | length=20, hidden=0 (>0: MLP reparameterisation), init_from="" | key/value prefixes |
 | prompt | length=20, init="random" / "vocab" / "text", text="", init_from="" | the soft prompt |
 
-`init_from` (lora, prompt): a PEFT adapter folder whose parameters (rank, alpha, targets /
+`init_from` (lora, prefix, prompt): a PEFT adapter folder whose parameters (rank, alpha, targets /
 prompt) start the method (`ftjax.peft_format.start_from_adapter`).
 
 `python -m ftjax.methods --model minilm` prints what each method trains.
@@ -143,7 +143,9 @@ def _adapter(family, config, size: int = 64, train_norms: bool = True):
     return Method("adapter", peft=PeftConfig(adapter_size=size), trainable=patterns)
 
 
-def _prefix(family, config, length: int = 20, hidden: int = 0):
+def _prefix(family, config, length: int = 20, hidden: int = 0, init_from: str = ""):
+    if init_from:  # the adapter's prefix (its length; any MLP folded) replaces the options
+        return Method("prefix", trainable=(PREFIX_PATTERN,), init_from=init_from)
     if length < 1:
         raise MethodError(f"method prefix: length={length} must be >= 1")
     peft = PeftConfig(prefix_length=length, prefix_hidden=hidden)

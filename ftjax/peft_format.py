@@ -358,18 +358,12 @@ METHOD_OF = {"LORA": "lora", "PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix
 def start_from_adapter(method, model, params: Mapping[str, Any]) -> tuple[Any, dict]:
     """`methods.apply` for `method.init_from=ADAPTER_DIR`: the adapter's parameters (its
     rank, alpha, targets or prompt length) on the base `model`, to evaluate or train on.
-    An adapter that carries a task head is refused: the run's task builds its own head
-    (`read_adapter` returns the head for use outside a run)."""
+    A task head under the adapter's `modules_to_save` comes along: the run keeps it when
+    it has the task head's shapes (`experiment.with_head`)."""
     where = f"method.init_from={method.init_from!r}"
     config = read_config(method.init_from)
     kind = METHOD_OF.get(config.get("peft_type"), config.get("peft_type"))
     if kind != method.name:
         raise ExportError(f"{where} is a {kind} adapter; set method={kind}")
     new_model, new_params = read_adapter(method.init_from, model, params)
-    if "head" in new_params:
-        raise ExportError(
-            f"{where} carries a task head (modules_to_save {config.get('modules_to_save')}), "
-            "which a run's task replaces with its own; load it with "
-            "ftjax.peft_format.read_adapter, or save the adapter without the head"
-        )
     return new_model, new_params

@@ -129,6 +129,7 @@ def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoint
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     from ftjax import native_format
+    from ftjax.evaluate import evaluate_untrained
     from ftjax.export import main
 
     config = tiny_run_config(
@@ -152,6 +153,14 @@ def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoint
     adapted = peft.PeftModel.from_pretrained(reference, tmp_path / "p").eval()
     with torch.no_grad():
         assert np.abs(adapted(**torch_batch).logits.numpy() - ours).max() <= 1e-4
+    # ... and back: the adapter, its head included, starts an evaluation of the same run
+    imported = tiny_run_config("sentiment", shallow_checkpoints["bert"], data, "lora")
+    imported.task.pooling = "pooler"
+    imported.method.init_from = str(tmp_path / "p")
+    tested = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    again = evaluate_untrained(imported, tmp_path / "imported")["test"]
+    assert again["accuracy"] == tested["accuracy"]
+    assert again["loss"] == pytest.approx(tested["loss"], rel=1e-5)
 
     assert (
         main(["--workdir", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "h")])
@@ -179,6 +188,7 @@ def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoint
 
 def test_refusals_name_the_format_that_works(tmp_path, shallow_checkpoints, data, capsys):
     from ftjax import native_format
+    from ftjax.evaluate import evaluate_untrained
     from ftjax.export import main
 
     config = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "prefix", train__epochs=1)
@@ -191,6 +201,11 @@ def test_refusals_name_the_format_that_works(tmp_path, shallow_checkpoints, data
     assert main(["--workdir", str(tmp_path / "prefix"), "--format", "peft"]) == 0
     adapter = tmp_path / "prefix" / "export" / "peft_step_4"
     assert peft_format.read_config(adapter)["peft_type"] == "PREFIX_TUNING"
+    imported = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "prefix")
+    imported.method.init_from = str(adapter)
+    tested = json.loads((tmp_path / "prefix" / "results.json").read_text())["test"]
+    again = evaluate_untrained(imported, tmp_path / "imported")["test"]
+    assert again["perplexity"] == pytest.approx(tested["perplexity"], rel=1e-5)
     out = tmp_path / "prefix" / "export" / "ftjax_step_4"
     assert main(["--workdir", str(tmp_path / "prefix"), "--format", "ftjax"]) == 0
     why = json.loads((out / native_format.MODEL_FILE).read_text())["why"]
