@@ -179,7 +179,7 @@ def test_bad_prompts_are_named(models):
 def test_k_shot_over_seeds_with_calibration(tmp_path, models):
     data = write_splits(tmp_path / "data", synthetic.splits_of(synthetic.sentiment_rows))
     config = config_file("sentiment_prompt", f"model={models['gpt2']}")
-    config.data.name = str(data)
+    config.data.update(name=str(data), max_length=128)  # the tiny GPT-2's positions
     config.task.update(shots=2, calibrate=True, template="{text} =", label_words=("bad", "good"))
     config.train.prng_impl = "rbg"
     summary = prompt.over_seeds(config, tmp_path / "run", seeds=3)
@@ -208,7 +208,7 @@ def test_prompting_fine_tunes_through_the_lm_head(tmp_path, models):
     config.optimizer.update(learning_rate=3e-3, warmup_ratio=0.0)
     assert loop.run(config, tmp_path / "run")["test"]["accuracy"] >= 0.85
     frozen = config_file("sentiment_prompt", f"model={models['gpt2']}")
-    frozen.data.name = str(data)
+    frozen.data.update(name=str(data), max_length=32)
     with pytest.raises(MethodError, match="method none trains nothing"):
         loop.run(frozen, tmp_path / "frozen")
 
