@@ -373,33 +373,27 @@ def test_peft_to_ftjax_to_peft_is_bit_exact(tmp_path, bases, case):
 
 
 def test_imports_refuse_what_ftjax_cannot_compute(tmp_path, bases):
-    folder, model, params = bases["t5"]
-    native_adapter(
-        "t5",
-        load_reference("t5", folder),
-        peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2),
-        tmp_path / "prefix",
-    )
-    with pytest.raises(ExportError, match="prefix tuning on t5: .*decoder's self-attention"):
-        peft_format.read_adapter(tmp_path / "prefix", model, params)
-    folder, model, params = bases["gpt2"]
-    native_adapter(
-        "gpt2",
-        load_reference("gpt2", folder),
-        peft.LoraConfig(task_type="CAUSAL_LM", r=2, use_rslora=True, fan_in_fan_out=True),
-        tmp_path / "rslora",
-    )
-    with pytest.raises(ExportError, match="use_rslora=True"):
-        peft_format.read_adapter(tmp_path / "rslora", model, params)
-    folder, model, params = bases["bert"]
-    native_adapter(
-        "bert",
-        load_reference("bert", folder),
-        peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "pooler.dense"]),
-        tmp_path / "pooler",
-    )
-    with pytest.raises(ExportError, match="no place for .*pooler/lora_a"):
-        peft_format.read_adapter(tmp_path / "pooler", model, params)
+    for family, config, refusal in (
+        (
+            "t5",
+            peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2),
+            "prefix tuning on t5: .*decoder's self-attention",
+        ),
+        (
+            "gpt2",
+            peft.LoraConfig(task_type="CAUSAL_LM", r=2, use_rslora=True, fan_in_fan_out=True),
+            "use_rslora=True",
+        ),
+        (
+            "bert",
+            peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "pooler.dense"]),
+            "no place for .*pooler/lora_a",
+        ),
+    ):
+        folder, model, params = bases[family]
+        native_adapter(family, load_reference(family, folder), config, tmp_path / family)
+        with pytest.raises(ExportError, match=refusal):
+            peft_format.read_adapter(tmp_path / family, model, params)
 
 
 @pytest.mark.parametrize("method, options", [("lora", {"rank": 4}), ("prompt", {"length": 4})])
