@@ -110,10 +110,13 @@ def global_batch(
     with tensor parallelism across hosts, every process supplies every row.
     """
     return {
-        key: jax.make_array_from_callback(
-            value.shape,
-            batch_sharding(mesh, value.ndim, micro_batches),
-            lambda index, value=value: value[index],
-        )
+        key: place(value, batch_sharding(mesh, value.ndim, micro_batches))
         for key, value in host.items()
     }
+
+
+def place(host: np.ndarray, target: NamedSharding) -> jax.Array:
+    """A host array (the same on every process) as a global array laid out as `target`:
+    each process hands over only the slices its own devices hold."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])

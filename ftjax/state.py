@@ -21,12 +21,6 @@ def param_specs(exp: Experiment) -> dict[str, tuple]:
     return {path: tuple(spec) for path, spec in {**backbone, **head}.items()}
 
 
-def _put(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
-    """Host array (the same on every process) -> a global array laid out as `target`."""
-    array = np.asarray(array)
-    return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
-
-
 def state_shardings(exp: Experiment, trainable: dict, frozen: dict) -> TrainState:
     specs = param_specs(exp)
     shapes = {p: np.shape(v) for p, v in {**trainable, **frozen}.items()}
@@ -59,8 +53,8 @@ def initial_state(exp: Experiment) -> tuple[TrainState, TrainState]:
     """(state, its shardings): params placed by the rules, optimizer state beside them."""
     trainable, frozen = partition.split(exp.params, exp.mask)
     shardings = state_shardings(exp, trainable, frozen)
-    trainable = {p: _put(v, shardings.trainable[p]) for p, v in trainable.items()}
-    frozen = {p: _put(v, shardings.frozen[p]) for p, v in frozen.items()}
+    trainable = {p: sharding.place(v, shardings.trainable[p]) for p, v in trainable.items()}
+    frozen = {p: sharding.place(v, shardings.frozen[p]) for p, v in frozen.items()}
     opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(trainable)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
     return TrainState(step, trainable, frozen, opt_state), shardings
