@@ -26,6 +26,7 @@ setup(
         "scipy",  # Pearson / Spearman for regression
         "rouge-score==0.1.2",  # ROUGE-L for generation tasks (Google's reference package)
         "gguf==0.19.0",  # llama.cpp's checkpoint format (the bundled SmolLM2)
+        "matplotlib>=3.10,<3.12",  # ftjax.report plots (written as PNG, Agg backend)
     ],
     extras_require={
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.

@@ -108,6 +108,10 @@ def base_config(
         "bucket_step": 16,
         "train_split": "train",
         "eval_split": "validation",
+        # > 0: a class-stratified draw of N training rows (0: all), seeded by sample_seed
+        # (-1: train.seed, so each seed of a study draws its own rows)
+        "train_examples": 0,
+        "sample_seed": -1,
         # > 0: N rows of the split, drawn with a fixed seed (the same in every run)
         "eval_examples": 0,  # validation during training
         "test_examples": 0,  # the test split (quick or costly evaluations)
@@ -215,7 +219,7 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
             )
     if o.learning_rate <= 0 and config.method.name != "none":  # none: evaluation only
         raise ConfigError(f"config.optimizer.learning_rate={o.learning_rate} must be > 0")
-    for field in ("eval_examples", "test_examples"):
+    for field in ("train_examples", "eval_examples", "test_examples"):
         if d[field] < 0:
             raise ConfigError(f"config.data.{field}={d[field]} must be >= 0 (0: all)")
     if "num_labels" in d and d.num_labels < 1:

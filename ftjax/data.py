@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ftjax import assets
 from ftjax.sources import SourceError, classify_source, require_hub
@@ -111,3 +113,25 @@ def _load_file(path: Path, split: str) -> datasets.Dataset:
     except Exception as e:
         cause = e.__cause__ or e  # DatasetGenerationError hides the parser's message
         raise DataError(f"{path}: could not read split {split!r} as {builder}: {cause}") from e
+
+
+def stratified_sample(
+    strata: Sequence[Hashable] | None, size: int, count: int, seed: int
+) -> np.ndarray:
+    """Sorted indices of `count` of `size` rows drawn with `seed`: in proportion to each
+    stratum's share (largest remainders get the rows left over) when `strata` gives each
+    row's class, else uniformly. Each stratum's draw is a prefix of one permutation, so
+    with the same seed a smaller sample lies inside a larger one (nested data budgets)."""
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.sort(rng.permutation(size)[:count])
+    labels = np.asarray([str(s) for s in strata])  # any hashable class, one order
+    classes, members = np.unique(labels, return_inverse=True)
+    shares = np.bincount(members, minlength=len(classes)) * count / size
+    quotas = np.floor(shares).astype(int)
+    leftover = count - quotas.sum()
+    quotas[np.argsort(-(shares - quotas), kind="stable")[:leftover]] += 1
+    chosen = [
+        rng.permutation(np.flatnonzero(members == c))[:quota] for c, quota in enumerate(quotas)
+    ]
+    return np.sort(np.concatenate(chosen))

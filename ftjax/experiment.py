@@ -20,7 +20,7 @@ import optax
 from ftjax import checkpoints, methods, partition, sharding, tasks
 from ftjax.batching import Examples
 from ftjax.config import ConfigError, method_options, validate
-from ftjax.data import dataset_info, load_splits
+from ftjax.data import dataset_info, load_splits, stratified_sample
 from ftjax.loaders import FeatureLoader, TokenLoader
 from ftjax.models import from_pretrained, load_tokenizer
 from ftjax.optim import make_optimizer
@@ -48,6 +48,15 @@ class Experiment:
     @property
     def steps_per_epoch(self) -> int:
         return self.loader.num_batches("train")
+
+    @property
+    def param_counts(self) -> dict[str, int]:
+        """{"trainable": n, "total": n} parameters, head and method's included."""
+        sizes = {p: int(np.size(v)) for p, v in partition.flatten(self.params).items()}
+        return {
+            "trainable": sum(n for p, n in sizes.items() if self.mask[p]),
+            "total": sum(sizes.values()),
+        }
 
     @property
     def data_report(self) -> dict:
@@ -169,6 +178,8 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
             f"config.data: split(s) {missing} not in {source} (it has {list(splits)})"
         )
     rows = {role: splits[name] for role, name in wanted.items()}
+    if "train" in rows and d.train_examples:
+        rows["train"] = training_subsample(config, task, rows["train"])
     # N rows drawn with a fixed seed, the same in every run (datasets are often sorted,
     # e.g. by label, so the first N would be a biased cut); kept in dataset order.
     for role, limit in (("validation", d.eval_examples), ("test", d.test_examples)):
@@ -181,6 +192,21 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
     if empty:
         raise ConfigError(f"config.data: split(s) {empty} of {source} hold no usable example")
     return encoded
+
+
+def training_subsample(config: ml_collections.ConfigDict, task: tasks.Task, rows):
+    """`data.train_examples` rows of the training split, drawn with `data.sample_seed`
+    (-1: `train.seed`, so each seed of a study trains on its own draw), in the class
+    proportions of the split when the task has classes (`Task.strata`)."""
+    d = config.data
+    if d.train_examples > len(rows):
+        raise ConfigError(
+            f"config.data.train_examples={d.train_examples}: the training split "
+            f"{d.train_split!r} of {d.name} has {len(rows)} rows (0 takes them all)"
+        )
+    seed = config.train.seed if d.sample_seed < 0 else d.sample_seed
+    chosen = stratified_sample(task.strata(rows), len(rows), d.train_examples, seed)
+    return rows.select(chosen)
 
 
 def make_loader(config, task, params, mask, encoded: dict[str, Examples]):

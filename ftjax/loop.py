@@ -190,6 +190,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     checkpoint_every = cfg.checkpoint_every or eval_every
     step = int(state.step)
     step_times: list[float] = []
+    evaluated = None
     try:
         while step < exp.total_steps:
             for index, batch in enumerate(exp.loader.train_batches(epoch, start), start):
@@ -245,6 +246,9 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     summary = {
         "step": step,
         "test": test,
+        # of the state tested, so a study can choose among runs on validation alone
+        "validation": evaluated or _final_validation(steps, state, writer, step),
+        "params": exp.param_counts,
         "task": exp.task.name,
         "method": exp.method.name,
         "model": exp.config.model.name,
@@ -262,6 +266,13 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
         flush=True,
     )
     return summary
+
+
+def _final_validation(steps: Steps, state, writer: MetricWriter, step: int) -> dict:
+    """A finished run tested again evaluated nothing this time: evaluate it now."""
+    evaluated = steps.evaluate(state, "validation")
+    writer.write(step, "eval", numeric(evaluated))
+    return evaluated
 
 
 def _training_figures(step_times: list[float], results: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ in example order and hands them to `finalize` as lists (one entry per example).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -180,6 +180,11 @@ class Task:
 
     def encode(self, rows, split: str) -> Examples:
         raise NotImplementedError
+
+    def strata(self, rows) -> Sequence[Any] | None:
+        """Each row's class, so that `data.train_examples` keeps the classes' shares;
+        None (the default) samples rows uniformly."""
+        return None
 
     # ------------------------------------------------------------------ device side
 

@@ -234,6 +234,10 @@ class SequenceClassification(PooledTask):
         examples.arrays["labels"] = examples.arrays["labels"].astype(np.int32)
         return examples
 
+    def strata(self, rows):
+        column = self.config.data.label_column
+        return rows[column] if column in rows.column_names else None  # encode names it
+
     def row_losses(self, logits, batch):
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
 
