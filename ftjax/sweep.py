@@ -194,12 +194,12 @@ def with_learning_rates(points: list[Point], factors: list[float]) -> list[Point
 
 def name_points(points: list[Point]) -> None:
     """Readable, unique workdir names: "method=lora,seed=0,train_examples=100"; an axis
-    goes by its last dotted part unless two axes share it."""
+    goes by its last dotted part unless two axes share it, a path by its last part."""
     axes = list(dict.fromkeys(a for p in points for a in p.axes))
     lasts = [a.rsplit(".", 1)[-1] for a in axes]
     short = {a: last if lasts.count(last) == 1 else a for a, last in zip(axes, lasts, strict=True)}
     for point in points:
-        parts = [f"{short[a]}={v}" for a, v in point.axes.items()]
+        parts = [f"{short[a]}={Path(v).name or v}" for a, v in point.axes.items()]  # a path
         point.name = re.sub(r"[^\w.,=+-]", "_", ",".join(parts)) or "point"
     names = [p.name for p in points]
     repeated = sorted({n for n in names if names.count(n) > 1})

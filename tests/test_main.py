@@ -134,21 +134,3 @@ def test_cli_evaluates_an_untrained_model_on_a_test_split_alone(tmp_path):
     assert result["test"]["examples"] == 16 and 0.0 <= result["test"]["rouge_l"] <= 1.0
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["task"]["decoding"] == "beam" and saved["data"]["name"] == str(data)
-
-
-def test_run_methods_reuses_finished_workdirs(tmp_path):
-    model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    command = [
-        sys.executable, "experiments/run_methods.py", "--methods", "bitfit",
-        "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "methods.md"),
-        f"--config.model.name={model}", f"--config.data.name={data}",
-        "--config.train.max_steps=2", "--config.train.prng_impl=rbg",
-    ]  # fmt: skip
-    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    table = (tmp_path / "methods.md").read_text()
-    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "reusing its results" in again.stdout
-    assert (tmp_path / "methods.md").read_text() == table and "| bitfit |" in table

@@ -18,6 +18,6 @@ python -m ftjax.sweep --entry prompt --config configs/sentiment_prompt.py:model=
     --root "$ROOT" --grid model=smollm2 --grid task.shots=0 --config.data.test_examples=512 \
     --seeds=1
 python -m ftjax.sweep --entry prompt --config configs/sentiment_prompt.py:model=smollm2 \
-    --root "$ROOT" --grid model=smollm2 --grid task.shots=4 --grid task.shot_seed=0,1,2 \
+    --root "$ROOT" --grid model=smollm2 --grid task.shots=4 --grid task.shot_seed=0 \
     --config.data.test_examples=512 --seeds=1
 python -m ftjax.report "$ROOT" --out experiments/methods_sentiment/report.md
