@@ -62,13 +62,12 @@ def tiny_model(family: str = "bert", **overrides):
         return LlamaModel(
             LlamaConfig(
                 vocab_size=30522,
-                max_position_embeddings=128,
                 num_kv_heads=1,
                 head_dim=8,
                 bos_token_id=CLS,
                 eos_token_id=SEP,
                 pad_token_id=PAD,
-                **{**WIDTH, **overrides},
+                **{"max_position_embeddings": 128, **WIDTH, **overrides},
             )
         )
     if family == "t5":
