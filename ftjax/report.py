@@ -507,11 +507,14 @@ def _draw_against_params(ax, rows: Sequence[Row], colours: dict, markers: dict) 
             row.mean,
             yerr=row.std,
             fmt=markers[row.model],
-            color=colours[row.kind],
+            color=colours[_colour_key(row)],
             capsize=3,
             markersize=7,
         )
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^3, 3x10^3, ... overlap
     if any(r.trainable == 0 for r in rows):
         _zero_tick(ax, zero_x, decade, max(positive, default=decade))
     ax.set_xlabel("trainable parameters (log scale)")
@@ -552,7 +555,7 @@ def plot_metric_vs_examples(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             [r.mean for r in line],
             yerr=[r.std or 0.0 for r in line],
             fmt=f"{markers[line[0].model]}-",
-            color=colours[line[0].kind],
+            color=colours[_colour_key(line[0])],
             capsize=3,
             label=label,
         )
@@ -560,7 +563,7 @@ def plot_metric_vs_examples(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     for i, row in enumerate(prompting):
         ax.axhline(
             row.mean,
-            color=colours[row.kind] if len(prompting) == 1 else f"C{(i + 3) % 10}",
+            color=colours[_colour_key(row)] if len(prompting) == 1 else f"C{(i + 3) % 10}",
             linestyle=LINESTYLES[1 + i % 3],
             label=_row_label(row),
         )
@@ -589,7 +592,7 @@ def plot_learning_curves(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     colours = _colours(rows)
     styles = {m: LINESTYLES[i % 4] for i, m in enumerate(dict.fromkeys(r.model for r in trained))}
     for row, train, validation in curves:
-        style = {"color": colours[row.kind], "linestyle": styles[row.model]}
+        style = {"color": colours[_colour_key(row)], "linestyle": styles[row.model]}
         label = _row_label(row, without=BUDGET)
         left.plot(*train, label=label, **style)
         right.plot(*validation, marker=".", label=label, **style)
@@ -639,9 +642,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _colour_key(row: Row) -> str:
+    """What a colour stands for: the method and the axes other than model and data
+    budget (e.g. "probe layers=-2"), so rows of one method stay apart."""
+    shown = {a: v for a, v in row.axes.items() if a != BUDGET and a not in OWN_COLUMNS}
+    short = short_names(list(shown))
+    return " ".join([row.kind, *(f"{short[a]}={v}" for a, v in shown.items())])
+
+
 def _colours(rows: Iterable[Row]) -> dict[str, str]:
-    kinds = dict.fromkeys(r.kind for r in rows)
-    return {kind: f"C{i % 10}" for i, kind in enumerate(kinds)}
+    keys = dict.fromkeys(_colour_key(r) for r in rows)
+    return {key: f"C{i % 10}" for i, key in enumerate(keys)}
 
 
 def _markers(rows: Iterable[Row]) -> dict[str, str]:
@@ -653,7 +664,7 @@ def _legend(ax, rows: Sequence[Row], colours: dict[str, str], markers: dict[str,
     """Colours name the methods drawn; marker shapes the models, when there are several."""
     from matplotlib.lines import Line2D
 
-    colours = {k: colours[k] for k in dict.fromkeys(r.kind for r in rows)}
+    colours = {k: colours[k] for k in dict.fromkeys(_colour_key(r) for r in rows)}
     markers = {m: markers[m] for m in dict.fromkeys(r.model for r in rows)}
     handles = [
         Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colours.items()
