@@ -10,7 +10,7 @@ set -u
 ROOT=${ROOT:-experiments/methods_families/runs}
 OUT=${OUT:-experiments/methods_families/report.md}
 M=${MODELS:-experiments/methods_families/models}
-FAMILY_MODELS=${FAMILY_MODELS:-minilm,smollm2,$M/random-gpt2,$M/random-t5}
+FAMILY_MODELS=${FAMILY_MODELS:-minilm,$M/random-gpt2,$M/random-t5,smollm2}
 METHODS=${METHODS:-probe,full,bitfit,lora,adapter,prefix,prompt}
 read -ra EXTRA <<< "${EXTRA:-}"  # --config.* flags for every point, after the study's
 python experiments/methods_families/make_models.py "$M"
