@@ -52,11 +52,8 @@ class Experiment:
     @property
     def param_counts(self) -> dict[str, int]:
         """{"trainable": n, "total": n} parameters, head and method's included."""
-        sizes = {p: int(np.size(v)) for p, v in partition.flatten(self.params).items()}
-        return {
-            "trainable": sum(n for p, n in sizes.items() if self.mask[p]),
-            "total": sum(sizes.values()),
-        }
+        trainable, _ = partition.split(self.params, self.mask)
+        return {"trainable": partition.count(trainable), "total": partition.count(self.params)}
 
     @property
     def data_report(self) -> dict:
@@ -184,8 +181,7 @@ def encode_splits(config, task, source: str, evaluation_only: bool) -> dict[str,
     # e.g. by label, so the first N would be a biased cut); kept in dataset order.
     for role, limit in (("validation", d.eval_examples), ("test", d.test_examples)):
         if role in rows and 0 < limit < len(rows[role]):
-            chosen = np.random.default_rng(0).permutation(len(rows[role]))[:limit]
-            rows[role] = rows[role].select(np.sort(chosen))
+            rows[role] = rows[role].select(stratified_sample(None, len(rows[role]), limit, 0))
     task.prepare_data(splits)
     encoded = {role: task.encode(rows[role], name) for role, name in wanted.items()}
     empty = [wanted[role] for role, examples in encoded.items() if not len(examples)]

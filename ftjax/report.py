@@ -29,11 +29,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ftjax.sweep import ENTRIES, LEARNING_RATE, short_names
+
 DASH = "–"
 BUDGET = "data.train_examples"  # the data-budget axis; "0" and "all" mean every row
-LEARNING_RATE = "optimizer.learning_rate"
 OWN_COLUMNS = ("method", "model")  # axes shown by their own columns
-RESULTS_FILES = {"main": "results.json", "prompt": "eval.json"}
+RESULTS_FILES = {entry: results for entry, (_, results) in ENTRIES.items()}
 # --metric may name a metric other than the task's primary one, whose direction point.json
 # does not record: these words mark the ones where lower is better.
 LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "mse", "mae", "error")
@@ -403,15 +404,6 @@ def _columns(rows: Sequence[Row]) -> list[Column]:
     ]
 
 
-def short_names(axes: Sequence[str]) -> dict[str, str]:
-    """Each axis by its last dotted part, unless two axes share it."""
-    lasts = [axis.rsplit(".", 1)[-1] for axis in axes]
-    return {
-        axis: last if lasts.count(last) == 1 else axis
-        for axis, last in zip(axes, lasts, strict=True)
-    }
-
-
 def _chosen_header(axis: str, short: str) -> str:
     return "lr chosen" if axis == LEARNING_RATE else f"{short} chosen"
 
@@ -643,11 +635,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def _colour_key(row: Row) -> str:
-    """What a colour stands for: the method and the axes other than model and data
-    budget (e.g. "probe layers=-2"), so rows of one method stay apart."""
-    shown = {a: v for a, v in row.axes.items() if a != BUDGET and a not in OWN_COLUMNS}
-    short = short_names(list(shown))
-    return " ".join([row.kind, *(f"{short[a]}={v}" for a, v in shown.items())])
+    """What a colour stands for: the method and the axes other than the data budget
+    (e.g. "probe layers=-2"), so rows of one method stay apart; models get markers."""
+    return _row_label(row, without=BUDGET, model=False)
 
 
 def _colours(rows: Iterable[Row]) -> dict[str, str]:
@@ -694,10 +684,11 @@ def _budget_title(budget: str | None) -> str:
     return "all training examples" if budget in ("0", "all") else f"{budget} training examples"
 
 
-def _row_label(row: Row, without: str = "") -> str:
+def _row_label(row: Row, without: str = "", model: bool = True) -> str:
     shown = {a: v for a, v in row.axes.items() if a != without}
     short = short_names(list(shown))
-    return " ".join([row.model, row.kind, *(f"{short[a]}={v}" for a, v in shown.items())])
+    words = [row.kind, *(f"{short[a]}={v}" for a, v in shown.items())]
+    return " ".join([row.model, *words] if model else words)
 
 
 def _metric_names(rows: Iterable[Row]) -> str:

@@ -58,10 +58,17 @@ class Point:
     tuned: list[str]
     name: str = ""
 
-    def with_axis(self, axis: str, value: str, flag: str) -> Point:
-        return dataclasses.replace(
-            self, axes={**self.axes, axis: value}, overrides=[*self.overrides, flag]
-        )
+    def with_value(self, axis: str, value: str) -> Point:
+        """This point with `axis` set: a dotted axis as a `--config.` flag, another as
+        an argument of the config file."""
+        axes = {**self.axes, axis: value}
+        if "." in axis:
+            return dataclasses.replace(
+                self, axes=axes, overrides=[*self.overrides, override(axis, value)]
+            )
+        path, _, arg = self.spec.partition(":")
+        args = ",".join(f"{k}={v}" for k, v in {**parse_arg(arg), axis: value}.items())
+        return dataclasses.replace(self, axes=axes, spec=f"{path}:{args}")
 
 
 def split_values(text: str) -> list[str]:
@@ -99,23 +106,9 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
 
 def expand(spec: str, axes: list[tuple[str, list[str]]], fixed: list[str]) -> list[Point]:
     """Every combination of the axes' values (the last axis varies fastest)."""
-    path = spec.partition(":")[0]
     points = [Point({}, spec, list(fixed), [])]
     for axis, values in axes:
-        grown = []
-        for point in points:
-            for value in values:
-                if "." in axis:
-                    grown.append(point.with_axis(axis, value, override(axis, value)))
-                else:
-                    args = {**parse_arg(point.spec.partition(":")[2]), axis: value}
-                    arg = ",".join(f"{k}={v}" for k, v in args.items())
-                    grown.append(
-                        dataclasses.replace(
-                            point, axes={**point.axes, axis: value}, spec=f"{path}:{arg}"
-                        )
-                    )
-        points = grown
+        points = [point.with_value(axis, value) for point in points for value in values]
     return points
 
 
@@ -188,16 +181,14 @@ def with_learning_rates(points: list[Point], factors: list[float]) -> list[Point
         for factor in factors:
             value = f"{rate * factor:.3g}"
             tuned = dataclasses.replace(point, tuned=[*point.tuned, LEARNING_RATE])
-            out.append(tuned.with_axis(LEARNING_RATE, value, override(LEARNING_RATE, value)))
+            out.append(tuned.with_value(LEARNING_RATE, value))
     return out
 
 
 def name_points(points: list[Point]) -> None:
     """Readable, unique workdir names: "method=lora,seed=0,train_examples=100"; an axis
     goes by its last dotted part unless two axes share it, a path by its last part."""
-    axes = list(dict.fromkeys(a for p in points for a in p.axes))
-    lasts = [a.rsplit(".", 1)[-1] for a in axes]
-    short = {a: last if lasts.count(last) == 1 else a for a, last in zip(axes, lasts, strict=True)}
+    short = short_names(list(dict.fromkeys(a for p in points for a in p.axes)))
     for point in points:
         parts = [f"{short[a]}={Path(v).name or v}" for a, v in point.axes.items()]  # a path
         point.name = re.sub(r"[^\w.,=+-]", "_", ",".join(parts)) or "point"
@@ -205,6 +196,15 @@ def name_points(points: list[Point]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"grid points share a name: {repeated}")
+
+
+def short_names(axes: list[str]) -> dict[str, str]:
+    """Each axis by its last dotted part, unless two axes share it."""
+    lasts = [axis.rsplit(".", 1)[-1] for axis in axes]
+    return {
+        axis: last if lasts.count(last) == 1 else axis
+        for axis, last in zip(axes, lasts, strict=True)
+    }
 
 
 def describe(point: Point, config, entry: str, command: list[str]) -> dict[str, Any]:
@@ -245,42 +245,44 @@ class Sweep:
             "--workdir", str(self.workdir(point)), *point.overrides, *self.passthrough,
         ]  # fmt: skip
 
-    def record(self, point: Point, **fields: Any) -> dict[str, Any]:
+    def read_record(self, point: Point) -> dict[str, Any]:
+        """The point's point.json, {} before its first."""
         path = self.workdir(point) / "point.json"
-        record = json.loads(path.read_text()) if path.is_file() else {}
-        record.update(fields)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, point: Point, **fields: Any) -> dict[str, Any]:
+        """point.json updated with `fields`; the whole record."""
+        record = {**self.read_record(point), **fields}
+        path = self.workdir(point) / "point.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
         return record
 
     def finished(self, point: Point) -> bool:
         """Finished by this same command: its results are there."""
-        path = self.workdir(point) / "point.json"
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        record = self.read_record(point)
         done = (self.workdir(point) / ENTRIES[self.entry][1]).is_file()
         same = record.get("command", [None])[1:] == self.command(point)[1:]  # any python
         return done and record.get("status") == "finished" and same
 
     def prepare(self, configs: list) -> None:
-        """point.json for every point; finished ones keep their record."""
+        """point.json for every point; finished ones keep their record (and their wall
+        seconds are added up over resumes)."""
         for point, config in zip(self.points, configs, strict=True):
-            described = describe(point, config, self.entry, self.command(point))
             if self.finished(point):
                 continue
             self.record(
-                point, **described, status="pending", returncode=None, error=None,
-                wall_seconds=self._earlier_wall(point),
+                point, **describe(point, config, self.entry, self.command(point)),
+                status="pending", returncode=None, error=None,
+                wall_seconds=self.read_record(point).get("wall_seconds"),
             )  # fmt: skip
 
-    def _earlier_wall(self, point: Point) -> float | None:
-        path = self.workdir(point) / "point.json"
-        return json.loads(path.read_text()).get("wall_seconds") if path.is_file() else None
-
-    def run_point(self, point: Point) -> str:
-        """Runs (or resumes) one point; its status: finished, failed or stopped."""
+    def run_point(self, point: Point) -> dict[str, Any]:
+        """Runs (or resumes) one point; its record, with status finished, failed or
+        stopped."""
         workdir = self.workdir(point)
         log = workdir / "log.txt"
-        self.record(point, status="running", returncode=None, error=None)
+        earlier = self.record(point, status="running", returncode=None, error=None)
         tic = time.perf_counter()
         with open(log, "a") as out:
             out.write(f"$ {shlex.join(self.command(point))}\n")
@@ -289,7 +291,7 @@ class Sweep:
             self.child = subprocess.Popen(self.command(point), stdout=out, stderr=subprocess.STDOUT)
             code = self.child.wait()
             self.child = None
-        wall = time.perf_counter() - tic + (self._earlier_wall(point) or 0.0)
+        wall = time.perf_counter() - tic + (earlier.get("wall_seconds") or 0.0)
         done = (workdir / ENTRIES[self.entry][1]).is_file()
         if code == 0 and done and not self.stop_signal:
             status, error = "finished", None
@@ -297,8 +299,7 @@ class Sweep:
             status, error = "stopped", None
         else:
             status, error = "failed", last_lines(log, start_offset)
-        self.record(point, status=status, returncode=code, error=error, wall_seconds=wall)
-        return status
+        return self.record(point, status=status, returncode=code, error=error, wall_seconds=wall)
 
     def forward_signal(self, signum: int, frame) -> None:
         """The running point saves a checkpoint and exits; the sweep stops after it."""
@@ -395,11 +396,10 @@ def run_all(sweep: Sweep) -> int:
                 outcome["skipped"].append(point.name)
                 continue
             print(f"[{i}/{len(sweep.points)}] {point.name}", flush=True)
-            status = sweep.run_point(point)
-            outcome[status].append(point.name)
-            if status == "failed":
-                error = json.loads((sweep.workdir(point) / "point.json").read_text())["error"]
-                print(f"  failed: {(error or '').splitlines()[-1:]}", flush=True)
+            record = sweep.run_point(point)
+            outcome[record["status"]].append(point.name)
+            if record["status"] == "failed":
+                print(f"  failed: {(record['error'] or '').splitlines()[-1:]}", flush=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
