@@ -14,6 +14,15 @@ buckets (multiples of `bucket_step` up to the group's limit). To keep padding lo
 examples are shuffled, then grouped by length within large chunks, then the batches are
 shuffled: compute follows the real lengths while the order stays random. The order of
 epoch e is a pure function of (seed, e), so a run resumes at any (epoch, batch index).
+Evaluation batches are sorted by length (`sort=True`); the caller restores example order
+from the indices each batch comes with.
+
+Packing (`pack_length > 0`, single-group tasks): the same examples per batch, laid back
+to back in rows of `pack_length` tokens (`pack_batch`). Token fields become [rows,
+pack_length] with `segment_ids` (1, 2, ... per example in its row, 0 for padding) and
+`position_ids` restarting at 0 in each segment; fixed fields (labels) stay one per
+example slot, with the slot's place: `example_row`, `example_start`, `example_length`.
+Models attend within a segment only, so each example's outputs are its unpacked ones.
 """
 
 from __future__ import annotations
@@ -104,12 +113,19 @@ def buckets(max_length: int, step: int = 16) -> list[int]:
 
 
 def epoch_order(
-    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    sort: bool = False,
 ) -> list[np.ndarray]:
-    """The batches (arrays of example indices) of one epoch."""
+    """The batches (arrays of example indices) of one epoch; unshuffled, in example order
+    or (`sort`) from the shortest examples to the longest."""
     n = len(lengths)
     if not shuffle:
-        return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        order = np.argsort(lengths, kind="stable") if sort else np.arange(n)
+        return [order[s : s + batch_size] for s in range(0, n, batch_size)]
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
     batches = []
@@ -143,14 +159,75 @@ def pad_batch(
             for field in fields:
                 out[field][row, span] = data.arrays[field][i]
         out[GROUP_MASKS[group]] = mask
+    return {**out, **per_example_fields(data, index, batch_size)}
+
+
+def per_example_fields(data: Examples, index: np.ndarray, batch_size: int) -> dict:
+    """The fixed fields of examples `index` in `batch_size` slots, and `example_mask`."""
+    out = {}
     for field, values in data.fixed().items():
         column = np.zeros((batch_size, *values.shape[1:]), values.dtype)
         column[: len(index)] = values[index]
         out[field] = column
-    example_mask = np.zeros(batch_size, np.float32)
-    example_mask[: len(index)] = 1
-    out["example_mask"] = example_mask
+    out["example_mask"] = (np.arange(batch_size) < len(index)).astype(np.float32)
     return out
+
+
+def pack_rows(lengths: np.ndarray, pack_length: int) -> list[list[int]]:
+    """First-fit decreasing: which examples (positions in `lengths`) share each row."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[i])
+        if n > pack_length:
+            raise ValueError(f"an example has {n} tokens, over data.pack_length={pack_length}")
+        slot = next((r for r, room in enumerate(free) if room >= n), None)
+        if slot is None:
+            rows.append([])
+            free.append(pack_length)
+            slot = len(rows) - 1
+        rows[slot].append(int(i))
+        free[slot] -= n
+    return rows
+
+
+def pack_batch(
+    data: Examples, index: np.ndarray, batch_size: int, pack_length: int, row_step: int
+) -> dict[str, np.ndarray]:
+    """Rows `index` of `data` packed into rows of `pack_length` tokens (module docstring);
+    the row count is rounded up to a multiple of `row_step` (few shapes to compile)."""
+    if data.groups != ["source"] or any(s.left for s in data.layout.values()):
+        raise ValueError(
+            "data.pack_length: packing lays out one right-padded token group; this task's "
+            f"examples have the groups {data.groups}"
+        )
+    lengths = data.group_lengths("source")[index]
+    rows = pack_rows(lengths, pack_length)
+    count = min(-(-len(rows) // row_step), -(-batch_size // row_step)) * row_step
+    out = {f: np.full((count, pack_length), s.pad, np.int32) for f, s in data.layout.items()}
+    segment_ids = np.zeros((count, pack_length), np.int32)
+    position_ids = np.zeros((count, pack_length), np.int32)
+    place = np.zeros((3, batch_size), np.int32)  # row, start, length of each example slot
+    for row, members in enumerate(rows):
+        start = 0
+        for segment, slot in enumerate(members, 1):
+            n = int(lengths[slot])
+            span = slice(start, start + n)
+            for field in data.layout:
+                out[field][row, span] = data.arrays[field][index[slot]]
+            segment_ids[row, span] = segment
+            position_ids[row, span] = np.arange(n)
+            place[:, slot] = row, start, n
+            start += n
+    out.update(
+        attention_mask=(segment_ids > 0).astype(np.int32),
+        segment_ids=segment_ids,
+        position_ids=position_ids,
+        example_row=place[0],
+        example_start=place[1],
+        example_length=place[2],
+    )
+    return {**out, **per_example_fields(data, index, batch_size)}
 
 
 def batches(
@@ -162,15 +239,22 @@ def batches(
     epoch: int = 0,
     start: int = 0,
     shuffle: bool = True,
+    sort: bool = False,
     bucket_step: int = 16,
+    pack_length: int = 0,
+    row_step: int = 1,
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(batch, example indices of its real rows) of `epoch`, from batch index `start` on.
 
     `limits` gives each length group's maximum (e.g. {"source": 64, "target": 16}).
+    `pack_length > 0` packs each batch's examples (`pack_batch`).
     """
     sizes = {group: buckets(limits[group], bucket_step) for group in data.groups}
-    for index in epoch_order(data.sort_key(), batch_size, seed, epoch, shuffle)[start:]:
-        yield pad_batch(data, index, batch_size, sizes), index
+    for index in epoch_order(data.sort_key(), batch_size, seed, epoch, shuffle, sort)[start:]:
+        if pack_length:
+            yield pack_batch(data, index, batch_size, pack_length, row_step), index
+        else:
+            yield pad_batch(data, index, batch_size, sizes), index
 
 
 def num_batches(data: Examples, batch_size: int) -> int:

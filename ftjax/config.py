@@ -106,6 +106,9 @@ def base_config(
         "batch_size": 32,
         "eval_batch_size": 64,
         "bucket_step": 16,
+        # > 0: training batches pack several examples per row of this many tokens
+        # (segment ids keep them apart; same examples per step). >= max_length.
+        "pack_length": 0,
         "train_split": "train",
         "eval_split": "validation",
         # > 0: a class-stratified draw of N training rows (0: all), seeded by sample_seed

@@ -2,7 +2,7 @@
 
 Both loaders give the same three things: `train_batches(epoch, start)` (seeded,
 resumable order), `eval_batches(role)` yielding (batch, example indices of its real
-rows) in example order, and `examples(role)`, the encoded split the task's metrics read.
+rows), shortest examples first, and `examples(role)`, the encoded split the task's metrics read.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class TokenLoader:
     limits: dict[str, int]  # max length per length group
     seed: int
     bucket_step: int
+    pack_length: int = 0  # > 0: training batches packed into rows of this many tokens
+    row_step: int = 1  # a packed batch's row count is a multiple of this
 
     @property
     def roles(self) -> set[str]:
@@ -51,6 +53,8 @@ class TokenLoader:
             epoch=epoch,
             start=start,
             bucket_step=self.bucket_step,
+            pack_length=self.pack_length,
+            row_step=self.row_step,
         ):
             yield batch
 
@@ -60,6 +64,7 @@ class TokenLoader:
             self.eval_batch_size,
             self.limits,
             shuffle=False,
+            sort=True,  # shortest first: less padding; callers restore example order
             bucket_step=self.bucket_step,
         )
 
@@ -76,7 +81,7 @@ class FeatureLoader:
     def cache(cls, tokens: TokenLoader, task: Task, params: dict) -> FeatureLoader:
         start = time.perf_counter()
         features = {
-            role: probe.extract_features(task, params, (b for b, _ in tokens.eval_batches(role)))
+            role: probe.extract_features(task, params, tokens.eval_batches(role))
             for role in tokens.roles
         }
         log.info(

@@ -21,15 +21,19 @@ from ftjax.tasks.base import HEAD
 from ftjax.tasks.classification import PooledTask
 
 
-def extract_features(task: PooledTask, params: dict, batches: Iterable[dict]) -> np.ndarray:
-    """Pooled features [n, width] of the real rows of `batches`, the backbone run once."""
+def extract_features(
+    task: PooledTask, params: dict, batches: Iterable[tuple[dict, np.ndarray]]
+) -> np.ndarray:
+    """Pooled features [n, width] of the real rows of `batches` ((batch, example indices)
+    pairs, in any order), in example order; the backbone runs once."""
     run = jax.jit(lambda p, b: task.features(p, b))
-    feats = []
-    for batch in batches:
-        real = np.asarray(batch["example_mask"]) > 0
+    feats, order = [], []
+    for batch, index in batches:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_mask")}
-        feats.append(np.asarray(run(params, inputs))[real])
-    return np.concatenate(feats)
+        feats.append(np.asarray(run(params, inputs))[: len(index)])
+        order.append(index)
+    out = np.concatenate(feats)
+    return out[np.argsort(np.concatenate(order), kind="stable")]
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):

@@ -18,7 +18,9 @@ def test_cached_features_equal_features_in_the_loop():
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}
     batches = [batch(i) for i in range(3)]
     batches[1]["example_mask"] = np.array([1, 1, 0, 0], np.float32)  # two padding rows
-    feats = probe.extract_features(task, params, batches)
+    index = [np.arange(0, 4), np.arange(4, 6), np.arange(6, 10)]
+    # Given out of order (as length-sorted eval batches come), returned in example order.
+    feats = probe.extract_features(task, params, [(batches[i], index[i]) for i in (2, 0, 1)])
     assert feats.shape == (10, H)
     in_loop = [np.asarray(jax.jit(task.features)(params, b)) for b in batches]
     in_loop = np.concatenate(

@@ -101,7 +101,7 @@ class BertLayer(nn.Module):
     def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_range)
-        dropout = nn.Dropout(cfg.hidden_dropout)
+        dropout = layers.Dropout(cfg.hidden_dropout)
         attn = layers.Attention(
             cfg.num_heads,
             cfg.head_dim,
@@ -146,7 +146,7 @@ class BertEmbeddings(nn.Module):
         )
         self.token_type_embeddings = table(cfg.type_vocab_size, (layers.TYPE, layers.EMBED))
         self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps, dtype)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = layers.Dropout(cfg.hidden_dropout)
 
     def words(self, input_ids: jax.Array) -> jax.Array:
         return self.word_embeddings(input_ids)
@@ -213,6 +213,7 @@ class BertModel(nn.Module):
         token_type_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         *,
+        segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
@@ -233,7 +234,7 @@ class BertModel(nn.Module):
             )
         token_type_ids = jnp.pad(token_type_ids, ((0, 0), (prompted, 0)))
         x = embeddings(words, token_type_ids, position_ids, deterministic)
-        mask = layers.padding_mask(None, attention_mask)
+        mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
         states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
         first = states[-1][:, 0]  # the pooler's slot: a prompt's first, as in PEFT
         states = [s[:, prompted:] for s in states]  # outputs align with inputs

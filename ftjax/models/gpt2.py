@@ -99,7 +99,7 @@ class GPT2Block(nn.Module):
     def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_range)
-        dropout = nn.Dropout(cfg.hidden_dropout)
+        dropout = layers.Dropout(cfg.hidden_dropout)
         h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x)
         h = layers.Attention(
             cfg.num_heads,
@@ -165,6 +165,7 @@ class GPT2Model(nn.Module):
         attention_mask: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         *,
+        segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         decode: str = "",
@@ -196,8 +197,9 @@ class GPT2Model(nn.Module):
             cfg.peft, wte(input_ids), attention_mask, decode
         )
         x = x + wpe(layers.with_prompt_positions(position_ids, prompted))
-        x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
-        mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
+        x = layers.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
+        # causality is the attention's
+        mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
         states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         return ModelOutput(

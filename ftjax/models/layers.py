@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from ftjax.models import rope
 from ftjax.models.base import PeftConfig
+from ftjax.models.dropout import Dropout
 
 Array = jax.Array
 DType = Any
@@ -58,10 +59,18 @@ def _param(module: nn.Module, name: str, init: Callable, shape: tuple, axes: tup
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+def gelu_exact(x: Array) -> Array:
+    """The exact GELU as PyTorch computes it, x/2 (1 + erf(x/sqrt 2)). `jax.nn.gelu`
+    writes it with erfc, which XLA:CPU expands into an exp and selects per element, at
+    several times erf's cost (benchmarks/RESULTS.md); erfc is more precise only in the
+    far negative tail, where GELU is below 1e-6 in magnitude and PyTorch uses erf too."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.5**0.5, x.dtype)))
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """Maps a Hugging Face activation name to its JAX function (exact, not approximated)."""
     table = {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu_exact,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu,
@@ -115,7 +124,7 @@ class Dense(nn.Module):
             lora_b = _param(
                 self, "lora_b", nn.initializers.zeros, (rank, self.features), (LORA, self.axes[1])
             )
-            h = nn.Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
+            h = Dropout(self.peft.lora_dropout)(x, deterministic=deterministic)
             delta = matmul(matmul(h, lora_a, self.dtype), lora_b, self.dtype)
             y = y + delta * jnp.asarray(self.peft.lora_scale, self.dtype)
         return y
@@ -190,6 +199,23 @@ def padding_mask(query_valid: Array | None, key_valid: Array) -> Array:
     if query_valid is not None:
         mask = mask & query_valid[:, None, :, None].astype(bool)
     return mask
+
+
+def self_attention_mask(
+    attention_mask: Array, segment_ids: Array | None, prompted: int = 0
+) -> Array:
+    """[batch, 1, 1 or q, k] boolean mask of a self-attention: the real keys, and with
+    `segment_ids` (packed rows: 1, 2, ... per example, 0 for padding) only the keys of
+    the query's own segment, so packed examples never see each other."""
+    if segment_ids is None:
+        return padding_mask(None, attention_mask)
+    if prompted:
+        raise ValueError(
+            "segment_ids (packed rows) with a soft prompt: the prompt is one per row, and "
+            "a packed row holds several examples"
+        )
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return same & (segment_ids[:, None, None, :] > 0)
 
 
 def virtual_tokens(peft: PeftConfig) -> int:
@@ -305,7 +331,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        weights = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
         out = out.astype(self.dtype).reshape(*x.shape[:-1], inner)
         return dense(x.shape[-1], (JOINED_HEADS, EMBED), "output")(out, deterministic)
@@ -369,7 +395,7 @@ class FeedForward(nn.Module):
             h = h * dense(self.hidden, (EMBED, MLP), "intermediate", x)
         else:
             h = act(dense(self.hidden, (EMBED, MLP), "intermediate", x))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return dense(x.shape[-1], (MLP, EMBED), "output", h)
 
 

@@ -157,6 +157,7 @@ class LlamaModel(nn.Module):
         attention_mask: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         *,
+        segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         decode: str = "",
@@ -178,7 +179,8 @@ class LlamaModel(nn.Module):
         inv_freq = rope.inverse_frequencies(
             cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions
         )
-        mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
+        # causality is the attention's
+        mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
         states = LlamaDecoder(cfg, name="decoder")(x, mask, (positions, inv_freq), deterministic)
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         if cfg.tie_word_embeddings:

@@ -173,7 +173,7 @@ class T5Layer(nn.Module):
     def __call__(self, x, mask, bias, context, context_mask, prefix, deterministic: bool):
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         init = nn.initializers.normal(cfg.initializer_factor * cfg.hidden_size**-0.5)
-        dropout = nn.Dropout(cfg.dropout)
+        dropout = layers.Dropout(cfg.dropout)
         self_prefix, cross_prefix = prefix
 
         def attention(name: str, causal: bool = False) -> layers.Attention:
@@ -246,7 +246,7 @@ class T5Stack(nn.Module):
         if self.is_decoder:
             context_mask = layers.padding_mask(None, context_mask)
         bias = self._position_bias(x.shape[1], attention_mask.shape[1])
-        dropout = nn.Dropout(cfg.dropout)
+        dropout = layers.Dropout(cfg.dropout)
         x = dropout(x, deterministic=deterministic)
         states = [x]
         depth = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers

@@ -22,6 +22,7 @@ in example order and hands them to `finalize` as lists (one entry per example).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -101,8 +102,37 @@ def require_columns(rows, split: str, columns: Mapping[str, str]) -> None:
         )
 
 
+# What a packed batch (ftjax.batching.pack_batch) adds to the backbone's inputs.
+PACKED_INPUTS = ("segment_ids", "position_ids")
+
+
 def model_inputs(batch: Batch, names: tuple[str, ...]) -> dict[str, jax.Array]:
-    return {k: batch[k] for k in names if k in batch}
+    """The backbone's inputs among `names`, and a packed batch's segments and positions."""
+    return {k: batch[k] for k in (*names, *PACKED_INPUTS) if k in batch}
+
+
+def is_packed(batch: Batch) -> bool:
+    return "segment_ids" in batch
+
+
+def real_rows(batch: Batch) -> jax.Array:
+    """[rows, 1] bool: the batch rows that hold examples. A packed batch's example slots
+    are not its rows: there every row counts, its padding masked token by token."""
+    if is_packed(batch):
+        return jnp.ones((batch["segment_ids"].shape[0], 1), bool)
+    return batch["example_mask"][:, None] > 0
+
+
+def example_tokens(states: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Per-token `states` [rows, length, ...] as one row per example slot, and the mask
+    of the slot's own tokens [slots, length]: in a packed batch each example's segment
+    of its row (`example_row/start/length`), unpacked the rows and `attention_mask`."""
+    if not is_packed(batch):
+        return states, batch["attention_mask"] > 0
+    positions = jnp.arange(states.shape[1])
+    start = batch["example_start"][:, None]
+    own = (positions >= start) & (positions < start + batch["example_length"][:, None])
+    return states[batch["example_row"]], own
 
 
 class Task:
@@ -132,9 +162,36 @@ class Task:
         """Binds the final backbone (with the method's hooks) and checks it fits."""
         self.model = model
         self.check_model(hub.family_of(model))
+        self.check_packing()
 
     def check_model(self, family) -> None:
         """Raises TaskError when this task makes no sense for the model's family."""
+
+    def model_takes(self, name: str) -> bool:
+        """Whether the backbone's __call__ has an argument `name`."""
+        return name in inspect.signature(type(self.model).__call__).parameters
+
+    def packing_refusal(self) -> str | None:
+        """Why this task cannot train on packed batches (data.pack_length), or None.
+        Tasks whose examples are one right-padded token sequence, with per-example
+        outputs read by `example_tokens`, override it."""
+        return f"the {self.name} task reads whole rows"
+
+    def check_packing(self) -> None:
+        d = self.config.data
+        if not d.pack_length:
+            return
+        why = self.packing_refusal()
+        if why is None and not self.model_takes("segment_ids"):
+            why = f"{type(self.model).__name__} takes no segment_ids"
+        if why is None and self.model.config.peft.prompt_length:
+            why = "a soft prompt is one per row, and a packed row holds several examples"
+        if why is None and self.config.optimizer.grad_accum > 1:
+            why = "optimizer.grad_accum > 1 splits rows into micro-batches; use 1"
+        if why is None and d.pack_length < d.max_length:
+            why = f"it is shorter than data.max_length={d.max_length}"
+        if why is not None:
+            raise TaskError(f"config.data.pack_length={d.pack_length}: {why} (0 turns packing off)")
 
     @property
     def family(self):
@@ -215,7 +272,7 @@ def labelled_token_losses(logits: jax.Array, batch: Batch) -> tuple[jax.Array, j
     """(cross-entropy of each position against `batch["labels"]` (float32), which
     positions count: labelled ones, IGNORE excepted, of real rows)."""
     labels = batch["labels"]
-    counted = (labels != IGNORE) & (batch["example_mask"][:, None] > 0)
+    counted = (labels != IGNORE) & real_rows(batch)
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), jnp.maximum(labels, 0)
     )

@@ -12,7 +12,6 @@ backbone.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -47,7 +46,7 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = layers.Dropout(self.dropout)(x, deterministic=deterministic)
         return layers.Dense(self.outputs, (layers.EMBED, "classes"), name="dense")(
             x.astype(jnp.float32)
         )
@@ -128,9 +127,6 @@ class PooledTask(Task):
     task_defaults = {"pooling": "auto", "layers": "last", "head_dropout": 0.1}
     data_defaults = {"text_column": "text", "text_pair_column": "", "label_column": "label"}
 
-    def model_takes(self, name: str) -> bool:
-        return name in inspect.signature(type(self.model).__call__).parameters
-
     @property
     def spec(self) -> FeatureSpec:
         pooling = self.config.task.pooling
@@ -152,6 +148,11 @@ class PooledTask(Task):
     def unreached(self) -> tuple[str, ...]:
         return unreached_by_features(self.family, self.model.config, self.spec)
 
+    def packing_refusal(self) -> str | None:
+        if self.spec.pooling == "pooler":
+            return "task.pooling='pooler' reads each row's first slot; pool by cls or mean"
+        return None
+
     @property
     def feature_width(self) -> int:
         return self.spec.width(self.model.config.hidden_size)
@@ -172,7 +173,7 @@ class PooledTask(Task):
             output_hidden_states=spec.needs_all_layers,
             rngs={"dropout": rng} if rng is not None else None,
         )
-        return features(output, batch["attention_mask"], spec).astype(jnp.float32)
+        return features(output, batch, spec).astype(jnp.float32)
 
     def outputs_of(self, params, batch, *, rng=None) -> jax.Array:
         backbone_rng, head_rng = dropout_rngs(rng)

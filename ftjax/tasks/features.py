@@ -10,12 +10,14 @@ only). For T5 the backbone runs its encoder only, so every choice reads encoder 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from ftjax.config import ConfigError
 from ftjax.models.base import ModelOutput
+from ftjax.tasks.base import example_tokens
 
 LAYER_CHOICES = ("last", "mean_all", "mean_last4", "concat_last4")
 POOLING_CHOICES = ("cls", "mean", "last", "pooler")
@@ -86,8 +88,9 @@ def select_layers(output: ModelOutput, spec: FeatureSpec) -> jax.Array:
 
 def pool(states: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
     """[batch, tokens, width] -> [batch, width] over the real tokens given by `mask`."""
-    if pooling == "cls":
-        return states[:, 0]
+    if pooling == "cls":  # the first real token: [CLS], also when packed mid-row
+        first = jnp.argmax(mask.astype(bool), axis=1)
+        return jnp.take_along_axis(states, first[:, None, None], axis=1)[:, 0]
     if pooling == "mean":
         weights = mask.astype(states.dtype)[..., None]
         return (states * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
@@ -117,9 +120,11 @@ def unreached_by_features(family, config, spec: FeatureSpec) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def features(output: ModelOutput, mask: jax.Array, spec: FeatureSpec) -> jax.Array:
+def features(output: ModelOutput, batch: Mapping[str, jax.Array], spec: FeatureSpec) -> jax.Array:
+    """[example slots, width] features of a batch's examples, packed or not."""
     if spec.pooling == "pooler":
         if output.pooled is None:
             raise ValueError("features.pooling='pooler' needs a BERT checkpoint with a pooler")
         return output.pooled
-    return pool(select_layers(output, spec), mask, spec.pooling)
+    states, mask = example_tokens(select_layers(output, spec), batch)
+    return pool(states, mask, spec.pooling)

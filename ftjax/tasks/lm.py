@@ -34,9 +34,12 @@ from ftjax.tasks.base import (
     RowChecker,
     Task,
     TaskError,
+    is_packed,
     labelled_token_losses,
     log,
     masked_mean,
+    model_inputs,
+    real_rows,
     require_columns,
 )
 from ftjax.tasks.classification import tokenize
@@ -116,6 +119,15 @@ class LanguageModeling(Task):
 
     def unreached(self) -> tuple[str, ...]:
         return ("pooler/.*",) if self.objective() == "masked" else ()
+
+    def packing_refusal(self) -> str | None:
+        if self.objective() == "span_corruption":
+            return "span corruption has source and target sequences"
+        if self.config.task.pack:
+            return "task.pack already fills rows with texts back to back; use one of the two"
+        if self.config.task.whole_word_mask and self.objective() == "masked":
+            return "whole-word masking indexes words within each example"
+        return None
 
     # ------------------------------------------------------------------ data
 
@@ -256,8 +268,7 @@ class LanguageModeling(Task):
 
     def token_losses(self, params, batch, rng=None) -> tuple[jax.Array, jax.Array]:
         """(per-token losses, which tokens count) of this batch."""
-        ids, real = batch["input_ids"], batch["attention_mask"] > 0
-        real = real & (batch["example_mask"][:, None] > 0)
+        ids, real = batch["input_ids"], (batch["attention_mask"] > 0) & real_rows(batch)
         mask_key, dropout_key = (
             jax.random.split(rng) if rng is not None else (jax.random.PRNGKey(EVAL_MASK_SEED), None)
         )
@@ -268,10 +279,14 @@ class LanguageModeling(Task):
             targets = ids
         else:
             inputs, counted, targets = ids, real[:, 1:] & real[:, :-1], ids[:, 1:]
+            if is_packed(batch):  # the next token must be of the same text
+                segments = batch["segment_ids"]
+                counted = counted & (segments[:, 1:] == segments[:, :-1])
         logits = self.model.apply(
             {"params": params},
             inputs,
             batch["attention_mask"],
+            **model_inputs(batch, ()),
             deterministic=rng is None,
             rngs={"dropout": dropout_key} if dropout_key is not None else None,
         ).logits.astype(jnp.float32)

@@ -153,6 +153,9 @@ class TokenClassification(TokenHeadTask):
                 return []
         return ids
 
+    def packing_refusal(self) -> str | None:
+        return None  # per-token labels pack with their tokens
+
     # ------------------------------------------------------------------ device
 
     def loss(self, params, batch, rng=None):

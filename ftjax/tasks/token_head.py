@@ -7,8 +7,6 @@ last, an index, mean_all, mean_last4, concat_last4), so a frozen-feature variant
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 
@@ -30,9 +28,6 @@ class TokenHeadTask(Task):
     @property
     def spec(self) -> FeatureSpec:
         return FeatureSpec(pooling="mean", layers=str(self.config.task.layers))
-
-    def model_takes(self, name: str) -> bool:
-        return name in inspect.signature(type(self.model).__call__).parameters
 
     def unreached(self) -> tuple[str, ...]:
         return unreached_by_features(self.family, self.model.config, self.spec)
