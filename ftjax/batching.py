@@ -17,12 +17,13 @@ epoch e is a pure function of (seed, e), so a run resumes at any (epoch, batch i
 Evaluation batches are sorted by length (`sort=True`); the caller restores example order
 from the indices each batch comes with.
 
-Packing (`pack_length > 0`, single-group tasks): the same examples per batch, laid back
-to back in rows of `pack_length` tokens (`pack_batch`). Token fields become [rows,
-pack_length] with `segment_ids` (1, 2, ... per example in its row, 0 for padding) and
-`position_ids` restarting at 0 in each segment; fixed fields (labels) stay one per
-example slot, with the slot's place: `example_row`, `example_start`, `example_length`.
-Models attend within a segment only, so each example's outputs are its unpacked ones.
+Packing (`pack_length > 0`, single-group tasks): batches of randomly mixed lengths (not
+grouped by length), each batch's examples laid back to back (first-fit decreasing) in
+rows of `pack_length` tokens (`pack_batch`). Token fields become [rows, pack_length],
+with `segment_ids` (1, 2, ... per example in its row, 0 for padding) and `position_ids`
+restarting at 0 in each segment; fixed fields (labels) stay one per example slot, with
+the slot's place: `example_row`, `example_start`, `example_length`. Models attend
+within a segment only, so each example's outputs are its unpacked ones.
 """
 
 from __future__ import annotations
@@ -119,15 +120,20 @@ def epoch_order(
     epoch: int,
     shuffle: bool = True,
     sort: bool = False,
+    group_lengths: bool = True,
 ) -> list[np.ndarray]:
     """The batches (arrays of example indices) of one epoch; unshuffled, in example order
-    or (`sort`) from the shortest examples to the longest."""
+    or (`sort`) from the shortest examples to the longest. Shuffled batches are grouped
+    by length (less padding), unless `group_lengths` is off: packing fills its rows best
+    from batches of mixed lengths."""
     n = len(lengths)
     if not shuffle:
         order = np.argsort(lengths, kind="stable") if sort else np.arange(n)
         return [order[s : s + batch_size] for s in range(0, n, batch_size)]
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
+    if not group_lengths:
+        return [order[s : s + batch_size] for s in range(0, n, batch_size)]
     batches = []
     chunk = batch_size * CHUNK_BATCHES
     for start in range(0, n, chunk):
@@ -250,7 +256,10 @@ def batches(
     `pack_length > 0` packs each batch's examples (`pack_batch`).
     """
     sizes = {group: buckets(limits[group], bucket_step) for group in data.groups}
-    for index in epoch_order(data.sort_key(), batch_size, seed, epoch, shuffle, sort)[start:]:
+    order = epoch_order(
+        data.sort_key(), batch_size, seed, epoch, shuffle, sort, group_lengths=not pack_length
+    )
+    for index in order[start:]:
         if pack_length:
             yield pack_batch(data, index, batch_size, pack_length, row_step), index
         else:
