@@ -190,6 +190,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     checkpoint_every = cfg.checkpoint_every or eval_every
     step = int(state.step)
     step_times: list[float] = []
+    tokens = np.zeros(2)  # real, computed: this process's steps (since a resume)
     evaluated = None
     try:
         while step < exp.total_steps:
@@ -203,6 +204,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
                 loss = float(metrics["loss"])  # also waits for the step to finish
                 seconds = time.perf_counter() - tic
                 step_times.append(seconds)
+                tokens += token_counts(batch)
                 step += 1
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -254,7 +256,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
         "model": exp.config.model.name,
         "trainable": exp.table,
         "data": exp.data_report,
-        **_training_figures(step_times, mngr.directory.parent / "results.json"),
+        **_training_figures(step_times, tokens, mngr.directory.parent / "results.json"),
     }
     if jax.process_index() == 0:
         (mngr.directory.parent / "results.json").write_text(
@@ -275,15 +277,25 @@ def _final_validation(steps: Steps, state, writer: MetricWriter, step: int) -> d
     return evaluated
 
 
-def _training_figures(step_times: list[float], results: Path) -> dict[str, Any]:
-    """Median step time and peak memory of this run; a finished run tested again trained
-    nothing now, so its results keep the figures of the training."""
+TRAINING_FIGURES = ("median_step_seconds", "peak_rss_mb", "train_tokens")
+
+
+def _training_figures(step_times: list[float], tokens, results: Path) -> dict[str, Any]:
+    """Median step time, peak memory and the real and computed (padded) tokens of this
+    run's training; a finished run tested again trained nothing now, so its results
+    keep the figures of the training."""
     if not step_times and results.is_file():
         earlier = json.loads(results.read_text())
-        return {k: earlier.get(k) for k in ("median_step_seconds", "peak_rss_mb")}
+        return {k: earlier.get(k) for k in TRAINING_FIGURES}
+    real, computed = (float(t) for t in tokens)
     return {
         "median_step_seconds": statistics.median(step_times) if step_times else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_tokens": {
+            "real": real,
+            "computed": computed,
+            "real_share": real / computed if computed else None,
+        },
     }
 
 
@@ -291,10 +303,15 @@ def to_plain(value: Any) -> Any:
     return np.asarray(value).tolist()
 
 
-def _step_metrics(exp, steps, batch, metrics, loss, seconds, step) -> dict[str, float]:
+def token_counts(batch: dict) -> tuple[float, float]:
+    """(real, computed) tokens of a batch, over its length groups' masks: padded rows
+    and positions are computed too, whether bucketed or packed."""
     masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
-    real = float(sum(np.sum(m) for m in masks))
-    padded = float(sum(np.size(m) for m in masks))
+    return float(sum(np.sum(m) for m in masks)), float(sum(np.size(m) for m in masks))
+
+
+def _step_metrics(exp, steps, batch, metrics, loss, seconds, step) -> dict[str, float]:
+    real, padded = token_counts(batch)
     row = {
         "loss": loss,
         "learning_rate": float(exp.schedule(step - 1)),

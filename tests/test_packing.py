@@ -193,8 +193,8 @@ def test_packing_refuses_a_soft_prompt():
 
 def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     """The trainer on packed batches (dropout off): each step's logged loss is the loss of
-    the same examples unpacked (at the first step, before any update), on fewer padded
-    tokens than the length-grouped unpacked batches."""
+    the same examples unpacked (at the first step, before any update), on no more padded
+    tokens; results.json counts the real and computed tokens."""
     import json
 
     from ftjax import loop
@@ -204,7 +204,7 @@ def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
     config = tiny_config(model, data, "full", prng_impl="rbg", max_steps=3)
     config.model.dropout = config.task.head_dropout = 0.0
-    config.data.update(pack_length=32, bucket_step=32)
+    config.data.update(pack_length=64, bucket_step=32)
     loop.run(config, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first = next(r for r in rows if r["kind"] == "train" and r["step"] == 1)
@@ -219,4 +219,7 @@ def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     loss = float(jax.jit(exp.task.loss)(exp.params, unpacked)[0])
     np.testing.assert_allclose(first["loss"], loss, rtol=1e-5)
     real_share = first["tokens_per_second"] / first["padded_tokens_per_second"]
-    assert real_share > unpacked["attention_mask"].mean()
+    assert real_share >= unpacked["attention_mask"].mean()  # never more padding
+    tokens = json.loads((tmp_path / "run" / "results.json").read_text())["train_tokens"]
+    assert tokens["computed"] % 64 == 0  # whole packed rows
+    assert tokens["real_share"] == tokens["real"] / tokens["computed"] > 0.5
