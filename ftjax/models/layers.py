@@ -16,6 +16,7 @@ that collection is mutable (`ftjax.generation` makes it so); see `Attention._cac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -172,11 +173,33 @@ class LayerNorm(nn.Module):
         features = x.shape[-1]
         scale = _param(self, "scale", nn.initializers.ones, (features,), (NORM,))
         bias = _param(self, "bias", nn.initializers.zeros, (features,), (NORM,))
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-        return y.astype(self.dtype)
+        return layer_norm(x.astype(jnp.float32), scale, bias, self.eps).astype(self.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    return _layer_norm_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_forward(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    std = jnp.sqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+    normed = centred / std
+    return normed * scale + bias, (normed, std, scale)
+
+
+def _layer_norm_backward(eps, residuals, gradient):
+    normed, std, scale = residuals
+    scaled = gradient * scale
+    mean_scaled = scaled.mean(-1, keepdims=True)
+    mean_projected = (scaled * normed).mean(-1, keepdims=True)
+    dx = (scaled - mean_scaled - normed * mean_projected) / std
+    axes = tuple(range(gradient.ndim - 1))
+    return dx, (gradient * normed).sum(axes), gradient.sum(axes)
+
+
+layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
 class RMSNorm(nn.Module):
@@ -481,6 +504,29 @@ def prefixes(peft: PeftConfig, sites: int, num_heads: int, head_dim: int, embed_
     return list(PrefixEncoder(peft, sites, num_heads, head_dim, embed_dim, name="prefix")())
 
 
+@jax.custom_vjp
+def layer_boundary(x: Array) -> Array:
+    """The identity, whose gradient XLA must materialise. Left alone, XLA:CPU fuses the
+    backward pass's elementwise chain across layers: every layer's gradient fusion
+    recomputed the residual-stream gradients of all the layers above it (quadratic in
+    depth). A product with the identity matrix is exact (each output is one input times
+    1 plus zeros) and is never fused into an elementwise loop, so the chain stops here;
+    `optimization_barrier` does not survive XLA:CPU's pipeline. benchmarks/RESULTS.md."""
+    return x
+
+
+def _boundary_forward(x: Array) -> tuple[Array, None]:
+    return x, None
+
+
+def _boundary_backward(_, gradient: Array) -> tuple[Array]:
+    eye = jnp.eye(gradient.shape[-1], dtype=gradient.dtype)
+    return (jnp.einsum("...d,de->...e", gradient, eye),)
+
+
+layer_boundary.defvjp(_boundary_forward, _boundary_backward)
+
+
 def layer_stack(
     layer: type[nn.Module],
     config: Any,
@@ -497,6 +543,7 @@ def layer_stack(
     states = [x]
     for i in range(config.num_layers):
         x = layer(config, name=f"layer_{i}")(x, mask, prefix[i], deterministic, **layer_inputs)
+        x = layer_boundary(x)
         states.append(x)
     return states
 

@@ -1,5 +1,7 @@
-"""The hash-based dropout: the drop rate, the scaling, independence across elements and
-calls, and its gradient; and the erf-based exact GELU against PyTorch's."""
+"""The layers chosen for XLA:CPU's speed keep their numerics: the hash-based dropout
+(drop rate, scaling, independence across elements and calls, gradient), the erf-based
+exact GELU against PyTorch's, LayerNorm's hand-written backward and the layer
+boundary's gradient."""
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +88,36 @@ def test_gelu_exact_matches_pytorch():
     reference = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ours, reference, atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(ours, jax.nn.gelu(x, approximate=False), atol=1e-6)
+
+
+def test_layer_norm_gradients_equal_autodiff_of_the_formula():
+    """layers.layer_norm's hand-written backward (it lets XLA:CPU materialise the input
+    gradient) against JAX's autodiff of the plain formula."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 6, 32)) * 3 + 1
+    scale = jax.random.normal(jax.random.PRNGKey(4), (32,))
+    bias = jax.random.normal(jax.random.PRNGKey(5), (32,))
+    weights = jax.random.normal(jax.random.PRNGKey(6), x.shape)
+
+    def plain(x, scale, bias):
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-12) * scale + bias
+
+    def ours(x, scale, bias):
+        return layers.layer_norm(x, scale, bias, 1e-12)
+
+    np.testing.assert_allclose(ours(x, scale, bias), plain(x, scale, bias), atol=1e-5)
+    grads = [
+        jax.grad(lambda *a, f=f: (f(*a) * weights).sum(), argnums=(0, 1, 2))(x, scale, bias)
+        for f in (ours, plain)
+    ]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_layer_boundary_passes_values_and_gradients_unchanged():
+    x = jax.random.normal(jax.random.PRNGKey(7), (3, 5, 16))
+    cotangent = jax.random.normal(jax.random.PRNGKey(8), x.shape)
+    y, pullback = jax.vjp(layers.layer_boundary, x)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(pullback(cotangent)[0], cotangent)  # bit-exact
