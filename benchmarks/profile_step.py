@@ -115,7 +115,8 @@ def family_of(instruction: Instruction, computations: dict) -> str:
     dots = [i.op_name for i in body if i.opcode in ("dot", "convolution")]
     if "scatter" in opcodes and "embeddings" in text:
         return "embedding gradient"
-    if "embeddings" in text and "_take" in text and "transpose(" in text:
+    root = instruction.op_name
+    if "word_embeddings" in root and "_take" in root and "transpose(" in root:
         return "embedding gradient"  # zeroing the table-sized gradient before the scatter
     if dots and any("/head/" in n for n in dots):
         return "loss + head"
