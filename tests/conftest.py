@@ -3,10 +3,20 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import xla
 
 os.environ["XLA_FLAGS"] = xla.flags()  # before jax starts its backend (see helpers/xla.py)
+# Compiled steps are cached on disk (keyed by their HLO, XLA flags and jax version) for
+# the whole suite and the subprocesses it starts: CLI, sweep and study tests compile
+# the same tiny steps again in new processes (seeds and learning rates leave the HLO
+# unchanged). A fresh clone starts empty; the directory is pytest's own cache.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
