@@ -21,6 +21,24 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# The longest files (seconds on this machine, cold compilation cache), run first: with
+# `--dist loadfile` a long file that starts last leaves the other worker idle at the end.
+LONGEST_FIRST = (
+    "test_studies.py",  # 157
+    "test_trainer.py",  # 139
+    "test_methods.py",  # 125
+    "test_tasks_generative.py",  # 92
+    "test_task_matrix_more.py",  # 91
+    "test_main.py",  # 79
+    "test_sweep.py",  # 68
+    "test_task_matrix.py",  # 65
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise
+
 
 @pytest.fixture(scope="session")
 def package_index(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -219,7 +219,8 @@ def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     loss = float(jax.jit(exp.task.loss)(exp.params, unpacked)[0])
     np.testing.assert_allclose(first["loss"], loss, rtol=1e-5)
     real_share = first["tokens_per_second"] / first["padded_tokens_per_second"]
-    assert real_share >= unpacked["attention_mask"].mean()  # never more padding
+    # never more padding (the share is a ratio of two logged rates: rounding aside)
+    assert real_share >= unpacked["attention_mask"].mean() * (1 - 1e-9)
     tokens = json.loads((tmp_path / "run" / "results.json").read_text())["train_tokens"]
     assert tokens["computed"] % 64 == 0  # whole packed rows
     assert tokens["real_share"] == tokens["real"] / tokens["computed"] > 0.5

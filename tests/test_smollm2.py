@@ -16,6 +16,7 @@ pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 
 from ftjax import assets, generation  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer, save_pretrained  # noqa: E402
+from tests.helpers import xla  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "Hello"]
 NEW = 8
@@ -67,7 +68,8 @@ def test_logits_match_transformers_on_a_padded_batch(smollm2):
     assert model.config.num_kv_heads == 3 and model.config.tie_word_embeddings
     ids, mask = encode(tokenizer, "right")
     assert len(set(mask.sum(1))) > 1  # prompts of unequal lengths
-    ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask).logits)
+    apply = jax.jit(model.apply, compiler_options=xla.default_options())
+    ours = np.asarray(apply({"params": params}, ids, mask).logits)
     with torch.no_grad():
         theirs = reference(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     real = mask.astype(bool)
@@ -84,7 +86,8 @@ def test_continuations_match_transformers_generate(smollm2, beams):
         functools.partial(
             generation.generate, model, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad,
             **options,
-        )
+        ),
+        compiler_options=xla.default_options(),  # a real-size model: optimised code pays
     )  # fmt: skip
     ours = np.asarray(run(params, ids, mask))
     with torch.no_grad():

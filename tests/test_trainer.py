@@ -380,4 +380,6 @@ def test_mfu_counts_the_whole_step_against_a_closed_form(tmp_path):
         for row in train:
             counted = row["mfu"] * row["step_seconds"] * peak * jax.device_count()
             assert closed_form <= counted <= 1.05 * closed_form, (accum, counted / closed_form)
-        assert train[0]["compile_seconds"] > 10 * train[0]["step_seconds"]
+        # A step timed with its compilation would last at least the compilation (which
+        # may be a load from the suite's persistent cache: a tenth of a second).
+        assert train[0]["step_seconds"] < train[0]["compile_seconds"] / 2
