@@ -156,10 +156,6 @@ def base_config(
             # XLA options for compiling the train and eval steps, "name=value,...", e.g.
             # "xla_backend_optimization_level=0" (faster compiles, slower steps).
             "xla_options": "",
-            # Compile the steps for every batch shape of the epoch (train, validation,
-            # test) before the first step, one program per CPU core at a time (XLA
-            # compiles each on one thread); False: each when its first batch comes.
-            "compile_ahead": True,
         }
     )
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})

@@ -23,7 +23,6 @@ MAY_CHANGE = (
     "train.keep",
     "train.peak_flops",
     "train.xla_options",
-    "train.compile_ahead",
     "data.eval_batch_size",
     "data.test_examples",
     "mesh.",

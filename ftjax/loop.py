@@ -192,14 +192,6 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     step_times: list[float] = []
     tokens = np.zeros(2)  # real, computed: this process's steps (since a resume)
     evaluated = None
-    ahead_seconds = 0.0  # reported as the first step's compile time
-    if cfg.compile_ahead and step < exp.total_steps:
-        roles = sorted(exp.loader.roles - {"train"})
-        ahead_seconds = steps.compile_ahead(
-            state,
-            exp.loader.train_batches(epoch, start),
-            (batch for role in roles for batch, _ in exp.loader.eval_batches(role)),
-        )
     try:
         while step < exp.total_steps:
             for index, batch in enumerate(exp.loader.train_batches(epoch, start), start):
@@ -207,7 +199,6 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
                 if cfg.peak_flops:  # before the step: it donates the state
                     steps.step_flops(state, batch, rng)
                 compile_seconds = steps.compile_train(state, batch, rng)  # not the step's time
-                compile_seconds, ahead_seconds = compile_seconds + ahead_seconds, 0.0
                 tic = time.perf_counter()
                 state, metrics = steps.train(state, batch, rng)
                 loss = float(metrics["loss"])  # also waits for the step to finish

@@ -8,10 +8,7 @@ the train step differentiates `task.loss`, the eval step runs `task.eval_outputs
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -47,9 +44,10 @@ class Steps:
         replicated = sharding.replicated(exp.mesh)
         self.compiler_options = compiler_options(exp.config)
         # Outputs replicated: every process reads whole sums and per-row outputs.
-        self.eval_fn = jax.jit(self._eval_outputs, out_shardings=replicated)
+        self.eval_fn = jax.jit(
+            self._eval_outputs, out_shardings=replicated, compiler_options=self.compiler_options
+        )
         self.compiled: dict[tuple, Any] = {}
-        self.eval_compiled: dict[tuple, Any] = {}
         self.flops: dict[tuple, float] = {}  # per batch shape: global FLOPs of a step
 
     def _eval_outputs(self, state: TrainState, batch: dict):
@@ -76,41 +74,6 @@ class Steps:
         )
         self.compiled[key] = fn.lower(state, global_batch, rng).compile(self.compiler_options)
         return time.perf_counter() - tic
-
-    def compile_eval(self, state: TrainState, batch: dict) -> None:
-        """Compiles the eval step for this batch shape, once."""
-        key = shape_key(batch)
-        if key not in self.eval_compiled:
-            lowered = self.eval_fn.lower(state, to_global(self.exp, batch))
-            self.eval_compiled[key] = lowered.compile(self.compiler_options)
-
-    def compile_ahead(
-        self, state: TrainState, train_batches: Iterable[dict], eval_batches: Iterable[dict]
-    ) -> float:
-        """Compiles the train step for each batch shape in `train_batches` and the eval
-        step for each in `eval_batches`, as many at a time as there are CPU cores (XLA
-        compiles a program on one thread); returns the wall seconds it took."""
-        tic = time.perf_counter()
-        rng = jax.random.PRNGKey(0)  # a key's shape and type, not its value, shape the step
-        jobs = {("train", shape_key(b)): b for b in train_batches}
-        jobs.update({("eval", shape_key(b)): b for b in eval_batches})
-        jobs = {
-            (kind, key): b
-            for (kind, key), b in jobs.items()
-            if key not in (self.compiled if kind == "train" else self.eval_compiled)
-        }
-
-        def compile_one(job: tuple[tuple[str, tuple], dict]) -> None:
-            (kind, _), batch = job
-            if kind == "train":
-                self.compile_train(state, batch, rng)
-            else:
-                self.compile_eval(state, batch)
-
-        workers = max(1, min(os.cpu_count() or 1, len(jobs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
-            list(pool.map(compile_one, jobs.items()))  # re-raises a failed compile
-        return time.perf_counter() - tic if jobs else 0.0
 
     def step_flops(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
         """FLOPs of one train step over the whole batch, all devices together (once per
@@ -139,10 +102,7 @@ class Steps:
         per_row: dict[str, list] = {}
         order: list[np.ndarray] = []
         for batch, index in self.exp.loader.eval_batches(role):
-            self.compile_eval(state, batch)
-            batch_sums, rows = self.eval_compiled[shape_key(batch)](
-                state, to_global(self.exp, batch)
-            )
+            batch_sums, rows = self.eval_fn(state, to_global(self.exp, batch))
             for key, value in batch_sums.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             for key, value in rows.items():

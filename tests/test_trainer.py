@@ -383,32 +383,3 @@ def test_mfu_counts_the_whole_step_against_a_closed_form(tmp_path):
         # A step timed with its compilation would last at least the compilation (which
         # may be a load from the suite's persistent cache: a tenth of a second).
         assert train[0]["step_seconds"] < train[0]["compile_seconds"] / 2
-
-
-def test_compile_ahead_compiles_each_shape_once_and_changes_nothing(tiny, tmp_path):
-    """Every train and eval batch shape is compiled before the first step, several at a
-    time; no step or evaluation compiles again, and the run equals one that compiles
-    each shape when its first batch comes."""
-    runs = {}
-    for ahead in (True, False):
-        config = config_for(tiny, epochs=1, compile_ahead=ahead)
-        config.data.bucket_step = 16  # batches of 16 and of 32 tokens
-        runs[ahead] = (loop.run(config, tmp_path / str(ahead)), tmp_path / str(ahead))
-    for ahead, (_, workdir) in runs.items():
-        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
-        compiled_at = [r["step"] for r in rows if r["kind"] == "train" and "compile_seconds" in r]
-        assert (compiled_at == [1]) if ahead else (len(compiled_at) >= 2), (ahead, compiled_at)
-    assert train_losses(runs[True][1]) == train_losses(runs[False][1])
-    assert runs[True][0]["test"] == runs[False][0]["test"]
-
-    exp = build(config)
-    state, shardings = initial_state(exp)
-    steps = Steps(exp, shardings)
-    eval_batches = [b for role in ("validation", "test") for b, _ in exp.loader.eval_batches(role)]
-    assert steps.compile_ahead(state, exp.loader.train_batches(0, 0), eval_batches) > 0
-    train_shapes = {b["input_ids"].shape for b in exp.loader.train_batches(0, 0)}
-    eval_shapes = {b["input_ids"].shape for b in eval_batches}
-    assert len(steps.compiled) == len(train_shapes) >= 2
-    assert len(steps.eval_compiled) == len(eval_shapes) >= 1
-    steps.evaluate(state, "validation")
-    assert len(steps.eval_compiled) == len(eval_shapes)  # nothing compiled on the way
