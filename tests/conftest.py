@@ -24,14 +24,21 @@ import pytest  # noqa: E402
 # The longest files (seconds on this machine, cold compilation cache), run first: with
 # `--dist loadfile` a long file that starts last leaves the other worker idle at the end.
 LONGEST_FIRST = (
-    "test_studies.py",  # 157
-    "test_trainer.py",  # 139
-    "test_methods.py",  # 125
-    "test_tasks_generative.py",  # 92
-    "test_task_matrix_more.py",  # 91
-    "test_main.py",  # 79
-    "test_sweep.py",  # 68
-    "test_task_matrix.py",  # 65
+    "test_studies.py",  # 124
+    "test_tasks_generative.py",  # 94
+    "test_trainer.py",  # 78
+    "test_methods.py",  # 73
+    "test_main.py",  # 72
+    "test_sweep.py",  # 62
+    "test_task_matrix_more.py",  # 53
+    "test_smollm2.py",  # 45
+    "test_tasks.py",  # 40
+    "test_export.py",  # 37
+    "test_prompting.py",  # 35
+    "test_peft_export.py",  # 35
+    "test_generation.py",  # 33
+    "test_multihost.py",  # 31
+    "test_task_matrix.py",  # 31
 )
 
 
