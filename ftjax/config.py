@@ -169,8 +169,13 @@ class ConfigError(ValueError):
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
     """config.train.xla_options ("name=value,...") as XLA compiler options."""
+    return parse_xla_options(config.train.xla_options)
+
+
+def parse_xla_options(text: str) -> dict[str, bool | int | float | str]:
+    """ "name=value,..." (the form of config.train.xla_options) as XLA compiler options."""
     options: dict[str, bool | int | float | str] = {}
-    text = config.train.xla_options.strip()
+    text = text.strip()
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, equals, value = item.partition("=")
         if not equals or not name.startswith("xla_") or not value:

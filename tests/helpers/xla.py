@@ -6,14 +6,13 @@ graphs: without them a tiny train step compiles in about half the time. The HLO,
 every invariant tested (parity with PyTorch within tolerance, bit-identical resumes and
 shardings within one setting), is unchanged; only the machine code is less optimised.
 The few tests that run long put XLA's defaults back for their steps with
-`config.train.xla_options = XLA_DEFAULTS`. Production runs keep XLA's defaults.
+`config.train.xla_options = XLA_DEFAULTS` (their own jits: `default_options()`).
+Production runs keep XLA's defaults.
 """
 
 from __future__ import annotations
 
 import os
-
-import ml_collections
 
 DEVICE_COUNT = "--xla_force_host_platform_device_count"
 FAST_COMPILE = (
@@ -33,9 +32,9 @@ XLA_DEFAULTS = (
 def default_options() -> dict[str, bool | int | float | str]:
     """XLA_DEFAULTS as `jax.jit(..., compiler_options=...)`: for a test's own jit of a
     real-size model, whose run costs more than its compile."""
-    from ftjax.config import compiler_options
+    from ftjax.config import parse_xla_options
 
-    return compiler_options(ml_collections.ConfigDict({"train": {"xla_options": XLA_DEFAULTS}}))
+    return parse_xla_options(XLA_DEFAULTS)
 
 
 def flags(device_count: int | None = None) -> str:
