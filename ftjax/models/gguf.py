@@ -144,35 +144,67 @@ def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, half, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def _dequantise(path: Path, tensor) -> np.ndarray:
+def _dequantise(path: Path, tensor, data: np.ndarray | None = None) -> np.ndarray:
+    """Float32 values of `tensor`, or of `data`: some of its rows (first axis)."""
     from gguf import quants
 
     try:
-        values = quants.dequantize(tensor.data, tensor.tensor_type)
+        values = quants.dequantize(tensor.data if data is None else data, tensor.tensor_type)
     except NotImplementedError as err:
         raise GGUFError(
             f"{path}: tensor {tensor.name!r} has quantisation type {tensor.tensor_type.name}, "
             "which ftjax cannot dequantise"
         ) from err
-    # GGUF lists dimensions innermost first; transformers' layout is the reverse.
-    shape = tuple(int(d) for d in reversed(tensor.shape))
-    return np.asarray(values, np.float32).reshape(shape)
+    return np.asarray(values, np.float32).reshape((-1, *shape(tensor)[1:]))
+
+
+def shape(tensor) -> tuple[int, ...]:
+    """A GGUF tensor's shape in transformers' layout (GGUF lists dimensions innermost
+    first)."""
+    return tuple(int(d) for d in reversed(tensor.shape))
+
+
+def _permuted_heads(name: str, hf: dict[str, Any]) -> int | None:
+    """How many heads llama.cpp interleaved the rows of tensor `name` by, if it did."""
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return hf["num_attention_heads"]
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return hf["num_key_value_heads"]
+    return None
+
+
+def tensor_table(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config.json dict, {transformers tensor name: the reader's memory-mapped tensor})
+    of a GGUF file; nothing is dequantised until `read_tensor`."""
+    path = Path(path)
+    reader = _reader(path)
+    hf = config(path, reader)
+    table = {}
+    for tensor in reader.tensors:
+        name = _hf_name(tensor.name)
+        if name is not None:
+            table[name] = tensor
+    return hf, table
+
+
+def read_tensor(
+    path: Path, hf: dict[str, Any], name: str, tensor, rows: slice | None = None
+) -> np.ndarray:
+    """Float32 values of the tensor transformers calls `name`, Q/K rows un-permuted; with
+    `rows`, only those rows (first axis) of it. A matrix's rows are whole quantisation
+    blocks, so only the file's bytes for those rows are dequantised."""
+    wanted = slice(None) if rows is None else rows
+    heads = _permuted_heads(name, hf)
+    if heads is not None:  # row i of the result is row order[i] of the file
+        wanted = _unpermute(np.arange(shape(tensor)[0]), heads)[wanted]
+    if len(tensor.shape) == 1:  # a vector: small, and its blocks span "rows"
+        return _dequantise(path, tensor)[wanted]
+    if rows is None and heads is None:
+        return _dequantise(path, tensor)
+    return _dequantise(path, tensor, tensor.data[wanted])
 
 
 def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(config.json dict, {transformers tensor name: float32 array}) of a GGUF file."""
-    path = Path(path)
-    reader = _reader(path)
-    hf = config(path, reader)
-    tensors: dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
-        name = _hf_name(tensor.name)
-        if name is None:
-            continue
-        array = _dequantise(path, tensor)
-        if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
-            array = _unpermute(array, hf["num_attention_heads"])
-        elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
-            array = _unpermute(array, hf["num_key_value_heads"])
-        tensors[name] = array
-    return hf, tensors
+    hf, table = tensor_table(path)
+    return hf, {name: read_tensor(path, hf, name, tensor) for name, tensor in table.items()}

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,62 @@ def family_of(model: nn.Module) -> Family:
     raise TypeError(f"{type(model).__name__} is not an ftjax model")
 
 
+def missing_tensor(source: str, m: TensorMap) -> CheckpointError:
+    return CheckpointError(f"{source}: tensor {m.hf_name!r} (for ftjax param {m.path}) is missing")
+
+
+def check_tensor_shape(
+    source: str, model: nn.Module, m: TensorMap, hf_shape: tuple[int, ...], shape: tuple
+) -> None:
+    """Refuses a checkpoint tensor of `hf_shape` that does not make param `m.path`'s
+    `shape` once its part is cut and it is transposed."""
+    got = tuple(hf_shape)
+    if m.part is not None:
+        parts = m.part[1]
+        got = (*got[:-1], got[-1] // parts) if got and got[-1] % parts == 0 else None
+    if got is not None and m.transpose:
+        got = got[::-1]
+    if got != tuple(shape):
+        raise CheckpointError(
+            f"{source}: tensor {m.hf_name!r} has shape {tuple(hf_shape)}; "
+            f"ftjax param {m.path} needs {tuple(shape)}"
+            + (" after transposing" if m.transpose else "")
+            + f" (config: {model.config})"
+        )
+
+
+def param_slice(
+    m: TensorMap,
+    read: Callable[[tuple[slice, ...]], np.ndarray],
+    hf_shape: tuple[int, ...],
+    index: tuple[slice, ...],
+    dtype: Any,
+) -> np.ndarray:
+    """`index` of the param `m` fills, as a contiguous `dtype` array: `read` is asked for
+    the slice of the checkpoint tensor (shape `hf_shape`) that holds it, i.e. the index
+    reversed when `m` transposes, moved into `m`'s part of a fused tensor."""
+    wanted = tuple(index)[::-1] if m.transpose else tuple(index)
+    if m.part is not None:
+        width = hf_shape[-1] // m.part[1]
+        start, stop, _ = wanted[-1].indices(width)
+        offset = m.part[0] * width
+        wanted = (*wanted[:-1], slice(offset + start, offset + stop))
+    array = read(wanted)
+    return np.ascontiguousarray(array.T if m.transpose else array, dtype=dtype)
+
+
+def log_unused(source: str, model: nn.Module, names: Collection[str], used: set[str]) -> None:
+    unused = sorted(set(names) - used)
+    if unused:
+        log.info(
+            "%s: %d checkpoint tensors not used by %s: %s",
+            source,
+            len(unused),
+            type(model).__name__,
+            _summarise(unused),
+        )
+
+
 def params_from_tensors(
     model: nn.Module, tensors: dict[str, np.ndarray], source: str, rng: int = 0
 ) -> Params:
@@ -230,32 +286,12 @@ def params_from_tensors(
             continue  # new by design: complete_params fills it in
         m = maps[path]
         if m.hf_name not in tensors:
-            raise CheckpointError(
-                f"{source}: tensor {m.hf_name!r} (for ftjax param {path}) is missing"
-            )
+            raise missing_tensor(source, m)
         array = tensors[m.hf_name]
-        if m.part is not None:
-            array = np.split(array, m.part[1], axis=-1)[m.part[0]]
-        if m.transpose:
-            array = array.T
-        if array.shape != shape.shape:
-            raise CheckpointError(
-                f"{source}: tensor {m.hf_name!r} has shape {tuple(tensors[m.hf_name].shape)}; "
-                f"ftjax param {path} needs {shape.shape}"
-                + (" after transposing" if m.transpose else "")
-                + f" (config: {model.config})"
-            )
-        loaded[path] = np.ascontiguousarray(array, dtype=shape.dtype)
-    used = {maps[p].hf_name for p in loaded}
-    unused = sorted(set(tensors) - used)
-    if unused:
-        log.info(
-            "%s: %d checkpoint tensors not used by %s: %s",
-            source,
-            len(unused),
-            type(model).__name__,
-            _summarise(unused),
-        )
+        check_tensor_shape(source, model, m, array.shape, shape.shape)
+        whole = (slice(None),) * len(shape.shape)
+        loaded[path] = param_slice(m, array.__getitem__, array.shape, whole, shape.dtype)
+    log_unused(source, model, tensors, {maps[p].hf_name for p in loaded})
     params = traverse_util.unflatten_dict(
         {k: jax.numpy.asarray(v) for k, v in loaded.items()}, sep="/"
     )
@@ -293,20 +329,41 @@ def _summarise(names: list[str], limit: int = 12) -> str:
     return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+# Where each param of a model goes: {path: sharding}, or a function of the model that
+# says so (the model exists only once the checkpoint's config is read).
+Shardings = Mapping[str, jax.sharding.Sharding] | Callable[[nn.Module], Mapping[str, Any]]
+
+
 def from_pretrained(
-    name_or_path: str | os.PathLike, *, dtype: str = "float32", **config_overrides: Any
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    shardings: Shardings | None = None,
+    **config_overrides: Any,
 ) -> tuple[nn.Module, Params]:
     """Loads a supported checkpoint: `model, params = from_pretrained("minilm")`.
 
     `dtype` is the compute dtype (params stay float32); other keyword arguments override
-    fields of the family's config (e.g. `hidden_dropout=0.0`).
+    fields of the family's config (e.g. `hidden_dropout=0.0`). With `shardings` ({flat
+    param path: sharding}, or a function of the model giving them), params come back as
+    global arrays in those shardings, read tensor by tensor and shard by shard (and new
+    ones initialised sharded): the host never holds the whole model (`streaming.py`).
     """
+    from ftjax.models import streaming  # it builds on this module
+
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
-    family, config, tensors = read_checkpoint(checkpoint_dir)
+    if shardings is None:
+        family, config, tensors = read_checkpoint(checkpoint_dir)
+    else:
+        family, config, tensors = streaming.open_checkpoint(checkpoint_dir)
     config = family.fit_to_checkpoint(config, tensors)
     config = override_config(config, dtype=dtype, **config_overrides)
     model = family.module(config)
-    return model, params_from_tensors(model, tensors, str(checkpoint_dir))
+    if shardings is None:
+        return model, params_from_tensors(model, tensors, str(checkpoint_dir))
+    wanted = shardings(model) if callable(shardings) else shardings
+    flat = streaming.load_params(model, tensors, wanted, str(checkpoint_dir))
+    return model, traverse_util.unflatten_dict(flat, sep="/")
 
 
 def override_config(config: Any, **overrides: Any) -> Any:

@@ -1,0 +1,238 @@
+"""Checkpoints read tensor by tensor straight into their shardings; params born sharded.
+
+`hub.from_pretrained(..., shardings=...)` lands here. Every parameter the family's tensor
+table names becomes a global array through `jax.make_array_from_callback`: for each of
+this process's devices the callback reads only the slice of the checkpoint tensor that
+the device's shard holds (safetensors' `get_slice`; a GGUF file's memory-mapped rows,
+dequantised and un-permuted row by row), transposed and cut out of fused tensors by the
+same `TensorMap` arithmetic as the host path (`hub.param_slice`). One parameter is placed
+at a time, so host memory peaks near one tensor (the distinct shards of the one being
+placed), never the whole model. The parameters the table does not name (a task head,
+LoRA factors, every param of a random model) come out of one jit whose out_shardings are
+theirs (`init_missing`): no device holds a full replica of them either.
+
+`pytorch_model.bin` is a pickle without random access: it is read whole (a log line says
+so) and then placed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+
+from ftjax.models import gguf, hub
+from ftjax.models.base import Family, TensorMap
+
+log = logging.getLogger("ftjax.models")
+
+Index = tuple[slice, ...]
+
+
+class Tensors(Mapping[str, np.ndarray]):
+    """A checkpoint's tensors by name, read only when asked: `read(name, index)` gives a
+    slice, `tensors[name]` a whole tensor (what `Family.fit_to_checkpoint` may look at).
+    Values are float32 (or the stored integer type), as `hub.read_tensors` gives them."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self._shapes = shapes
+        self._stored = {name: name for name in shapes}  # name -> the file's own name
+
+    def _read(self, stored: str, index: Index) -> np.ndarray:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[self._stored[name]]
+
+    def read(self, name: str, index: Index) -> np.ndarray:
+        return hub._as_float32(self._read(self._stored[name], tuple(index)))
+
+    def strip_prefix(self, family: Family, maps: list[TensorMap]) -> None:
+        """Names without the prefix the base model is stored under (`hub._strip_prefix`)."""
+        self._stored = hub._strip_prefix(self._stored, family, maps)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._stored:
+            raise KeyError(name)
+        return self.read(name, (slice(None),) * len(self.shape(name)))
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read it
+        return name in self._stored
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+
+class SafetensorsTensors(Tensors):
+    """The tensors of one or several .safetensors files (a sharded checkpoint)."""
+
+    def __init__(self, files: Sequence[Path]):
+        self._files: dict[str, Path] = {}
+        shapes = {}
+        for file in files:
+            with safe_open(file, framework="numpy") as f:
+                for name in f.keys():
+                    self._files[name] = file
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        super().__init__(shapes)
+
+    def _read(self, stored: str, index: Index) -> np.ndarray:
+        # Opened per read: the file's memory map closes with it, so the pages a slice
+        # touched do not stay resident in this process for the rest of the load.
+        with safe_open(self._files[stored], framework="numpy") as f:
+            return f.get_slice(stored)[index]
+
+
+class GGUFTensors(Tensors):
+    """The tensors of a GGUF file under transformers' names (`gguf.tensor_table`)."""
+
+    def __init__(self, path: Path, hf: dict[str, Any], table: dict[str, Any]):
+        self._path, self._hf, self._table = path, hf, table
+        super().__init__({name: gguf.shape(tensor) for name, tensor in table.items()})
+
+    def _read(self, stored: str, index: Index) -> np.ndarray:
+        rows = gguf.read_tensor(self._path, self._hf, stored, self._table[stored], index[0])
+        return rows[(slice(None), *index[1:])]
+
+
+class HostTensors(Tensors):
+    """Tensors already in host memory (a PyTorch pickle, which has no random access)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._arrays = arrays
+        super().__init__({name: tuple(array.shape) for name, array in arrays.items()})
+
+    def _read(self, stored: str, index: Index) -> np.ndarray:
+        return self._arrays[stored][index]
+
+
+def folder_tensors(checkpoint_dir: Path) -> Tensors:
+    """The tensors of a checkpoint folder, unread (`hub.read_tensors` reads them all)."""
+    single = checkpoint_dir / "model.safetensors"
+    index = checkpoint_dir / "model.safetensors.index.json"
+    if single.is_file():
+        return SafetensorsTensors([single])
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return SafetensorsTensors([checkpoint_dir / shard for shard in shards])
+    if (checkpoint_dir / "pytorch_model.bin").is_file():
+        log.info(
+            "%s: pytorch_model.bin has no random access: reading it whole into host memory, "
+            "then placing it tensor by tensor (convert it to model.safetensors to stream it)",
+            checkpoint_dir,
+        )
+    return HostTensors(hub.read_tensors(checkpoint_dir))  # raises when there is nothing
+
+
+def open_checkpoint(source: Path) -> tuple[Family, Any, Tensors]:
+    """Family, config and the unread tensors of a checkpoint folder or GGUF file (the
+    lazy counterpart of `hub.read_checkpoint`)."""
+    gguf_file = gguf.find(source)
+    if gguf_file is not None:
+        hf, table = gguf.tensor_table(gguf_file)
+        family, config = hub.family_config(hf, str(gguf_file))
+        tensors: Tensors = GGUFTensors(gguf_file, hf, table)
+    else:
+        family, config = hub.read_config(source)
+        tensors = folder_tensors(source)
+    tensors.strip_prefix(family, family.tensor_maps(config))
+    return family, config, tensors
+
+
+def _abstract(model: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
+    abstract = hub.abstract_params(model, hub.family_of(model))
+    return traverse_util.flatten_dict(nn.unbox(abstract), sep="/")
+
+
+def load_params(
+    model: nn.Module,
+    tensors: Tensors,
+    shardings: Mapping[str, jax.sharding.Sharding],
+    source: str,
+    rng: int | jax.Array = 0,
+) -> dict[str, jax.Array]:
+    """{flat param path: global array in `shardings[path]`} for every param of `model`:
+    the checkpoint's tensors read shard by shard, one parameter at a time; the params the
+    tensor table does not name initialised sharded (`init_missing`). A missing or
+    misshapen tensor is refused, naming it and the param, before any tensor is read."""
+    expected = _abstract(model)
+    lacking = sorted(set(expected) - set(shardings))
+    if lacking:
+        raise ValueError(f"no sharding given for param(s) {hub._summarise(lacking)}")
+    maps = {m.path: m for m in hub.family_of(model).tensor_maps(model.config)}
+    mapped = {path: maps[path] for path in expected if path in maps}
+    for path, m in mapped.items():
+        if m.hf_name not in tensors:
+            raise hub.missing_tensor(source, m)
+        hub.check_tensor_shape(source, model, m, tensors.shape(m.hf_name), expected[path].shape)
+    loaded = {
+        path: _place(tensors, m, expected[path], shardings[path]) for path, m in mapped.items()
+    }
+    hub.log_unused(source, model, tensors, {m.hf_name for m in mapped.values()})
+    params = {**loaded, **init_missing(model, loaded, shardings, rng)}
+    return {path: params[path] for path in expected}
+
+
+def _place(
+    tensors: Tensors, m: TensorMap, aval: jax.ShapeDtypeStruct, sharding: jax.sharding.Sharding
+) -> jax.Array:
+    hf_shape = tensors.shape(m.hf_name)
+    shards: dict[tuple, np.ndarray] = {}  # devices that hold the same slice share one read
+
+    def shard(index: Index) -> np.ndarray:
+        key = tuple(s.indices(d) for s, d in zip(index, aval.shape, strict=True))
+        if key not in shards:
+            read = lambda wanted: tensors.read(m.hf_name, wanted)  # noqa: E731
+            shards[key] = hub.param_slice(m, read, hf_shape, index, aval.dtype)
+        return shards[key]
+
+    return jax.make_array_from_callback(aval.shape, sharding, shard)
+
+
+def init_missing(
+    model: nn.Module,
+    params: Mapping[str, jax.Array],
+    shardings: Mapping[str, jax.sharding.Sharding],
+    rng: int | jax.Array = 0,
+) -> dict[str, jax.Array]:
+    """Random values for every param of `model` that `params` ({flat path: array}) lacks,
+    born in their `shardings` by one jit, listed in a log line. As in
+    `hub.complete_params`, a mutable apply creates only the missing params (the same
+    values, given the same rng); only those are outputs, so the others are not copied."""
+    family = hub.family_of(model)
+    new = [path for path in _abstract(model) if path not in params]
+    if not new:
+        return {}
+    log.info("initialised at random, sharded (new by design): %s", hub._summarise(new))
+    dummy = family.dummy_inputs(model.config)
+
+    def fill(have: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        _, variables = model.apply(
+            {"params": traverse_util.unflatten_dict(have, sep="/")},
+            **dummy,
+            mutable=["params"],
+            rngs={"params": key},
+        )
+        created = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
+        return {path: created[path] for path in new}
+
+    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    return jax.jit(fill, out_shardings={path: shardings[path] for path in new})(dict(params), key)
+
+
+def init_sharded(
+    model: nn.Module, shardings: Mapping[str, jax.sharding.Sharding], rng: int | jax.Array = 0
+) -> dict[str, jax.Array]:
+    """Random params of a whole model (`hub.init_params`' values), born sharded."""
+    return init_missing(model, {}, shardings, rng)
