@@ -10,11 +10,16 @@ earlier dimension of the same parameter, stays replicated.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ftjax.models import hub
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -120,3 +125,17 @@ def place(host: np.ndarray, target: NamedSharding) -> jax.Array:
     each process hands over only the slices its own devices hold."""
     host = np.asarray(host)
     return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+def model_shardings(mesh: Mesh) -> Callable[[Any], dict[str, NamedSharding]]:
+    """model -> {flat path: NamedSharding} of its params by the rules: what
+    `models.from_pretrained(..., shardings=)` takes (the model exists only once the
+    checkpoint's config is read)."""
+
+    def shardings(model: Any) -> dict[str, NamedSharding]:
+        flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")  # noqa: E731
+        shapes = flat(nn.unbox(hub.abstract_params(model, hub.family_of(model))))
+        axes = {path: tuple(spec) for path, spec in flat(hub.param_axes(model)).items()}
+        return param_shardings(axes, {p: s.shape for p, s in shapes.items()}, mesh)
+
+    return shardings

@@ -11,6 +11,7 @@ transformers.
 
 from __future__ import annotations
 
+import mmap
 import re
 from pathlib import Path
 from typing import Any
@@ -192,16 +193,32 @@ def read_tensor(
 ) -> np.ndarray:
     """Float32 values of the tensor transformers calls `name`, Q/K rows un-permuted; with
     `rows`, only those rows (first axis) of it. A matrix's rows are whole quantisation
-    blocks, so only the file's bytes for those rows are dequantised."""
+    blocks, so only the file's bytes for those rows are dequantised, a few MB at a time
+    (the dequantiser's float temporaries stay small)."""
     wanted = slice(None) if rows is None else rows
     heads = _permuted_heads(name, hf)
     if heads is not None:  # row i of the result is row order[i] of the file
         wanted = _unpermute(np.arange(shape(tensor)[0]), heads)[wanted]
     if len(tensor.shape) == 1:  # a vector: small, and its blocks span "rows"
         return _dequantise(path, tensor)[wanted]
-    if rows is None and heads is None:
-        return _dequantise(path, tensor)
-    return _dequantise(path, tensor, tensor.data[wanted])
+    data = tensor.data[wanted]  # a slice stays a view of the file; an index array copies
+    out = np.empty((len(data), *shape(tensor)[1:]), np.float32)
+    step = max(1, _CHUNK_BYTES // (out[:1].nbytes or 1))
+    for start in range(0, len(data), step):
+        out[start : start + step] = _dequantise(path, tensor, data[start : start + step])
+    return out
+
+
+_CHUNK_BYTES = 1 << 22
+
+
+def drop_pages(tensor) -> None:
+    """Hands back the file pages that reading `tensor` mapped into this process (the
+    reader maps the whole file; they stay in the page cache): the resident memory of a
+    load tensor by tensor then holds no more of the file than one tensor's bytes."""
+    mapping = getattr(tensor.data, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

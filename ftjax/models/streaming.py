@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,9 @@ class GGUFTensors(Tensors):
         super().__init__({name: gguf.shape(tensor) for name, tensor in table.items()})
 
     def _read(self, stored: str, index: Index) -> np.ndarray:
-        rows = gguf.read_tensor(self._path, self._hf, stored, self._table[stored], index[0])
+        tensor = self._table[stored]
+        rows = gguf.read_tensor(self._path, self._hf, stored, tensor, index[0])
+        gguf.drop_pages(tensor)
         return rows[(slice(None), *index[1:])]
 
 
@@ -176,8 +178,14 @@ def load_params(
         if m.hf_name not in tensors:
             raise hub.missing_tensor(source, m)
         hub.check_tensor_shape(source, model, m, tensors.shape(m.hf_name), expected[path].shape)
+    # The parts of a fused tensor (GPT-2's c_attn) one after the other: its file pages
+    # are touched once, and a spy sees each tensor read in one stretch.
+    order: dict[str, int] = {}
+    for m in mapped.values():
+        order.setdefault(m.hf_name, len(order))
     loaded = {
-        path: _place(tensors, m, expected[path], shardings[path]) for path, m in mapped.items()
+        path: _place(tensors, m, expected[path], shardings[path])
+        for path, m in sorted(mapped.items(), key=lambda item: order[item[1].hf_name])
     }
     hub.log_unused(source, model, tensors, {m.hf_name for m in mapped.values()})
     params = {**loaded, **init_missing(model, loaded, shardings, rng)}
@@ -207,19 +215,29 @@ def init_missing(
     rng: int | jax.Array = 0,
 ) -> dict[str, jax.Array]:
     """Random values for every param of `model` that `params` ({flat path: array}) lacks,
-    born in their `shardings` by one jit, listed in a log line. As in
-    `hub.complete_params`, a mutable apply creates only the missing params (the same
-    values, given the same rng); only those are outputs, so the others are not copied."""
-    family = hub.family_of(model)
-    new = [path for path in _abstract(model) if path not in params]
+    born in their `shardings` (`initialiser`), listed in a log line."""
+    new, fill = initialiser(model, params, shardings)
     if not new:
         return {}
     log.info("initialised at random, sharded (new by design): %s", hub._summarise(new))
+    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    return fill(dict(params), key)
+
+
+def initialiser(
+    model: nn.Module, have: Collection[str], shardings: Mapping[str, jax.sharding.Sharding]
+) -> tuple[list[str], Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]]:
+    """(the paths of `model`'s params not in `have`, a jit (params, key) -> {path: random
+    value} for them with their shardings as out_shardings). As in `hub.complete_params`, a
+    mutable apply creates only the missing params (the same values, given the same key);
+    only those are outputs, so the params passed in are not copied."""
+    family = hub.family_of(model)
+    new = [path for path in _abstract(model) if path not in have]
     dummy = family.dummy_inputs(model.config)
 
-    def fill(have: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+    def fill(params: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
         _, variables = model.apply(
-            {"params": traverse_util.unflatten_dict(have, sep="/")},
+            {"params": traverse_util.unflatten_dict(params, sep="/")},
             **dummy,
             mutable=["params"],
             rngs={"params": key},
@@ -227,8 +245,7 @@ def init_missing(
         created = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
         return {path: created[path] for path in new}
 
-    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
-    return jax.jit(fill, out_shardings={path: shardings[path] for path in new})(dict(params), key)
+    return new, jax.jit(fill, out_shardings={path: shardings[path] for path in new})
 
 
 def init_sharded(
