@@ -65,6 +65,7 @@ def measure(model: str, row: str) -> dict:
         ),  # fmt: skip
         "largest_param_mb": round(max((v.nbytes for v in leaves.values()), default=0) / 2**20, 1),
         "rss_before_load_mb": round(before, 1),
+        "rss_after_load_mb": round(current_rss_mb(), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
