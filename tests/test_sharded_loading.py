@@ -31,11 +31,12 @@ from ftjax.models import (
     LlamaModel,
     from_pretrained,
     gguf,
+    hub,
     init_params,
     save_pretrained,
     streaming,
 )
-from ftjax.models.base import PeftConfig
+from ftjax.models.base import PeftConfig, TensorMap
 from tests.helpers import xla
 from tests.helpers.tiny import tiny_model
 
@@ -372,6 +373,16 @@ def test_a_param_without_a_sharding_is_refused_naming_it(llama_checkpoint):
 
     with pytest.raises(ValueError, match="no sharding given for param.*final_norm"):
         from_pretrained(llama_checkpoint, shardings=partial)
+
+
+def test_a_table_the_params_do_not_match_is_refused(llama_checkpoint):
+    """(A scanned stack's params, say): refused, not initialised at random."""
+    family = hub.family_of(tiny_model("llama"))
+    stranger = TensorMap("decoder/layer_9/mlp/up/kernel", "model.layers.9.mlp.up_proj.weight")
+    odd = dataclasses.replace(family, tensor_maps=lambda cfg: [*family.tensor_maps(cfg), stranger])
+    with mock.patch.object(hub, "family_of", lambda model: odd):
+        with pytest.raises(CheckpointError, match="names params LlamaModel does not have.*layer_9"):
+            from_pretrained(llama_checkpoint, shardings=one_device_shardings())
 
 
 def test_pytorch_bin_is_read_whole_and_says_so(llama_checkpoint, tmp_path, caplog):

@@ -173,6 +173,13 @@ def load_params(
     if lacking:
         raise ValueError(f"no sharding given for param(s) {hub._summarise(lacking)}")
     maps = {m.path: m for m in hub.family_of(model).tensor_maps(model.config)}
+    strangers = sorted(set(maps) - set(expected))
+    if strangers:  # else their tensors' params would be initialised at random instead
+        raise hub.CheckpointError(
+            f"{source}: the tensor table names params {type(model).__name__} does not have "
+            f"({hub._summarise(strangers, 3)}): a scanned layer stack (model.scan_layers) "
+            "is not loaded shard by shard yet; load it unscanned"
+        )
     mapped = {path: maps[path] for path in expected if path in maps}
     for path, m in mapped.items():
         if m.hf_name not in tensors:
