@@ -9,6 +9,7 @@ directions, so loading and saving cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,11 @@ class ModelOutput:
     encoder_hidden_states: tuple[jax.Array, ...] | None = None
 
 
+# Module name of a scanned layer stack (`model.scan_layers`): its params live under
+# `<stack>/layers/...` with a leading layer axis instead of `<stack>/layer_i/...`.
+STACKED = "layers"
+
+
 @dataclasses.dataclass(frozen=True)
 class PeftConfig:
     """Extra parameters that fine-tuning methods switch on; all off by default.
@@ -54,10 +60,28 @@ class PeftConfig:
     prefix_length: int = 0
     prefix_hidden: int = 0  # > 0: prefixes come from an MLP of this width (fold later)
     prompt_length: int = 0
+    # Set inside a scanned stack of this many layers (`layers.run_stack`): module paths
+    # there name no layer, so LoRA targets are tried against every layer's own path.
+    scan_depth: int = 0
 
     @property
     def lora_scale(self) -> float:
         return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    def has_lora(self, module_path: str) -> bool:
+        """Does the dense layer at `module_path` carry LoRA factors? Inside a scanned
+        stack: does it in some layer (the others hold inert zeros, `models.stacking`)."""
+        if not self.lora_rank:
+            return False
+        paths = [module_path]
+        if self.scan_depth:
+            parts = module_path.split("/")
+            at = parts.index(STACKED)
+            paths = [
+                "/".join([*parts[:at], f"layer_{i}", *parts[at + 1 :]])
+                for i in range(self.scan_depth)
+            ]
+        return any(re.fullmatch(self.lora_targets, path) for path in paths)
 
 
 @dataclasses.dataclass(frozen=True)

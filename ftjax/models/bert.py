@@ -31,7 +31,10 @@ class BertConfig:
     with_pooler: bool = True
     with_mlm_head: bool = False  # masked-LM head (BertForMaskedLM / RobertaForMaskedLM)
     model_type: str = "bert"  # "roberta": positions count from pad_token_id + 1
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; params are stored as `param_dtype`
+    param_dtype: str = "float32"  # storage of frozen params (trainable ones stay float32)
+    remat: str = "none"  # per-layer rematerialisation in training (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # one nn.scan over the layer stack (layers.run_stack)
     peft: PeftConfig = PeftConfig()
 
     @property
@@ -98,8 +101,9 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
+    def __call__(self, x, shared, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
+        (mask,) = shared
         init = nn.initializers.normal(cfg.initializer_range)
         dropout = layers.Dropout(cfg.hidden_dropout)
         attn = layers.Attention(
@@ -164,8 +168,15 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
-        return layers.layer_stack(BertLayer, self.config, x, mask, deterministic)
+    def __call__(self, x, mask, deterministic: bool, keep_states: bool = True) -> list[jax.Array]:
+        cfg = self.config
+        prefix = layers.prefixes(
+            cfg.peft, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        )
+        return layers.run_stack(
+            BertLayer, cfg, cfg.num_layers, x, (mask,), prefix, deterministic,
+            keep_states=keep_states,
+        )  # fmt: skip
 
 
 class MlmHead(nn.Module):
@@ -235,7 +246,7 @@ class BertModel(nn.Module):
         token_type_ids = jnp.pad(token_type_ids, ((0, 0), (prompted, 0)))
         x = embeddings(words, token_type_ids, position_ids, deterministic)
         mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
-        states = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
+        states = BertEncoder(cfg, name="encoder")(x, mask, deterministic, output_hidden_states)
         first = states[-1][:, 0]  # the pooler's slot: a prompt's first, as in PEFT
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         pooled = None

@@ -30,7 +30,10 @@ class GPT2Config:
     scale_attention: bool = True
     bos_token_id: int = 50256
     eos_token_id: int = 50256
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; params are stored as `param_dtype`
+    param_dtype: str = "float32"  # storage of frozen params (trainable ones stay float32)
+    remat: str = "none"  # per-layer rematerialisation in training (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # one nn.scan over the layer stack (layers.run_stack)
     peft: PeftConfig = PeftConfig()
 
     @property
@@ -96,8 +99,9 @@ class GPT2Block(nn.Module):
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, prefix, deterministic: bool) -> jax.Array:
+    def __call__(self, x, shared, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
+        (mask,) = shared
         init = nn.initializers.normal(cfg.initializer_range)
         dropout = layers.Dropout(cfg.hidden_dropout)
         h = layers.LayerNorm(cfg.layer_norm_eps, dtype, name="attention_norm")(x)
@@ -133,9 +137,15 @@ class GPT2Decoder(nn.Module):
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool) -> list[jax.Array]:
+    def __call__(self, x, mask, deterministic: bool, keep_states: bool = True) -> list[jax.Array]:
         cfg = self.config
-        states = layers.layer_stack(GPT2Block, cfg, x, mask, deterministic)
+        prefix = layers.prefixes(
+            cfg.peft, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        )
+        states = layers.run_stack(
+            GPT2Block, cfg, cfg.num_layers, x, (mask,), prefix, deterministic,
+            keep_states=keep_states,
+        )  # fmt: skip
         x = states[-1]
         states[-1] = layers.LayerNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
         return states
@@ -200,7 +210,7 @@ class GPT2Model(nn.Module):
         x = layers.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
         # causality is the attention's
         mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
-        states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic)
+        states = GPT2Decoder(cfg, name="decoder")(x, mask, deterministic, output_hidden_states)
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         return ModelOutput(
             last_hidden_state=states[-1],

@@ -31,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax import sources
-from ftjax.models import bert, gguf, gpt2, llama, t5
+from ftjax.models import bert, gguf, gpt2, llama, stacking, t5
 from ftjax.models.base import Family, TensorMap
 
 log = logging.getLogger("ftjax.models")
@@ -191,7 +191,12 @@ def _strip_prefix(tensors: dict[str, np.ndarray], family: Family, maps: list[Ten
 
 
 def abstract_params(model: nn.Module, family: Family) -> Params:
-    """Shapes and logical axes of every param, without allocating them."""
+    """Shapes and logical axes of every param, without allocating them, at their
+    canonical per-layer paths (a scanned model's unrolled twin: `stacking`)."""
+    return _abstract(stacking.unscanned(model), family)
+
+
+def _abstract(model: nn.Module, family: Family) -> Params:
     variables = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), **family.dummy_inputs(model.config))
     )
@@ -199,16 +204,22 @@ def abstract_params(model: nn.Module, family: Family) -> Params:
 
 
 def init_params(model: nn.Module, rng: jax.Array | int = 0) -> Params:
-    """Random params for `model` (tiny test configs, or new parts); plain arrays."""
-    family = family_of(model)
+    """Random canonical params for `model` (tiny test configs, or new parts); plain arrays."""
+    family, model = family_of(model), stacking.unscanned(model)
     rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
     variables = jax.jit(lambda key: model.init(key, **family.dummy_inputs(model.config)))(rng)
     return nn.unbox(variables["params"])
 
 
 def param_axes(model: nn.Module) -> Params:
-    """The logical axis names of every parameter, as a pytree of PartitionSpecs."""
-    return nn.get_partition_spec(abstract_params(model, family_of(model)))
+    """The logical axis names of every parameter `model` applies (stacked ones with a
+    leading "layers" axis when scanned), as a pytree of PartitionSpecs."""
+    return nn.get_partition_spec(_abstract(model, family_of(model)))
+
+
+def stack_depths(model: nn.Module) -> dict[str, int]:
+    """{stack path: depth} of the model's layer stacks ("encoder": 12, ...)."""
+    return dict(family_of(model).stacks(model.config))
 
 
 def family_of(model: nn.Module) -> Family:
@@ -311,6 +322,7 @@ def complete_params(model: nn.Module, params: Params, rng: int | jax.Array = 0) 
     log.info("initialised at random (new by design, not in the checkpoint): %s", _summarise(new))
     rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
     dummy = family_of(model).dummy_inputs(model.config)
+    model = stacking.unscanned(model)
 
     # Applying with a mutable "params" collection creates only the missing params, so
     # XLA compiles no random-number code for the (many, large) pretrained ones.

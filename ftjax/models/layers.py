@@ -16,8 +16,8 @@ that collection is mutable (`ftjax.generation` makes it so); see `Attention._cac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models import rope
-from ftjax.models.base import PeftConfig
+from ftjax.models.base import STACKED, PeftConfig
 from ftjax.models.dropout import Dropout
 
 Array = jax.Array
@@ -131,10 +131,7 @@ class Dense(nn.Module):
         return y
 
     def has_lora(self) -> bool:
-        return (
-            bool(self.peft.lora_rank)
-            and re.fullmatch(self.peft.lora_targets, "/".join(self.path)) is not None
-        )
+        return self.peft.has_lora("/".join(self.path))
 
 
 class Embed(nn.Module):
@@ -498,10 +495,11 @@ class PrefixEncoder(nn.Module):
 
 
 def prefixes(peft: PeftConfig, sites: int, num_heads: int, head_dim: int, embed_dim: int):
-    """All sites' prefixes from a submodule named "prefix", or None when prefix tuning is off."""
+    """All sites' prefixes [sites, 2, P, heads, head_dim] from a submodule named "prefix",
+    or None when prefix tuning is off."""
     if not peft.prefix_length:
-        return [None] * sites
-    return list(PrefixEncoder(peft, sites, num_heads, head_dim, embed_dim, name="prefix")())
+        return None
+    return PrefixEncoder(peft, sites, num_heads, head_dim, embed_dim, name="prefix")()
 
 
 @jax.custom_vjp
@@ -526,26 +524,92 @@ def _boundary_backward(_, gradient: Array) -> tuple[Array]:
 
 layer_boundary.defvjp(_boundary_forward, _boundary_backward)
 
+# `model.remat`: what a layer keeps for the backward pass; the rest is recomputed.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,  # keep everything (no rematerialisation)
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep every matmul output
+    # keep the projections' outputs, recompute attention scores and elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+LAYERS_AXIS = "layers"  # logical axis of that leading axis (replicated by the rules)
 
-def layer_stack(
-    layer: type[nn.Module],
+
+def remat_policy(name: str) -> Callable | None:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={name!r}: one of {sorted(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
+
+
+@functools.cache
+def _step_of(block: type[nn.Module], boundary: bool, keep: bool) -> type[nn.Module]:
+    """`block` as one step of a stack: (x, ...) -> (x', x' or None) (scan's carry and
+    output), ending in `layer_boundary` when asked."""
+
+    class Step(block):
+        def __call__(self, x, shared, per_layer, deterministic):
+            x = super().__call__(x, shared, per_layer, deterministic)
+            x = layer_boundary(x) if boundary else x
+            return x, (x if keep else None)
+
+    Step.__name__ = Step.__qualname__ = block.__name__
+    return Step
+
+
+def run_stack(
+    block: type[nn.Module],
     config: Any,
+    depth: int,
     x: Array,
-    mask: Array,
+    shared: tuple,
+    per_layer: Any,
     deterministic: bool,
-    **layer_inputs: Any,
+    *,
+    keep_states: bool = True,
+    boundary: bool = True,
+    **block_fields: Any,
 ) -> list[Array]:
-    """Runs `config.num_layers` layers named layer_i (each with its prefix, if any, and
-    `layer_inputs`) inside the calling module; returns the input and every layer's output."""
-    prefix = prefixes(
-        config.peft, config.num_layers, config.num_kv_heads, config.head_dim, config.hidden_size
+    """Runs `depth` layers `block(config, **block_fields)(x, shared, per_layer[i],
+    deterministic)` inside the calling module; returns the input and every layer's
+    output (with `keep_states=False` under `config.scan_layers`, the input and the last
+    output only: a scan would otherwise stack every layer's output in memory).
+
+    `per_layer` is a pytree whose leaves have a leading `depth` axis (prefixes), or None.
+    `config.remat` rematerialises each layer in training (`REMAT_POLICIES`);
+    `config.scan_layers` runs the layers as one `nn.scan` over params stacked under
+    `<stack>/layers/...` (compile time flat in depth; `ftjax.models.stacking` maps them to
+    and from the per-layer paths `<stack>/layer_i/...` everything else speaks)."""
+    step = _step_of(block, boundary, keep_states or not config.scan_layers)
+    policy = remat_policy(config.remat)
+    if policy is not None and not deterministic:  # evaluation keeps nothing for a backward
+        # static: `deterministic` (self is argument 0) picks dropout on or off
+        step = nn.remat(
+            step, policy=policy, prevent_cse=not config.scan_layers, static_argnums=(4,)
+        )
+    if not config.scan_layers:
+        states = [x]
+        for i in range(depth):
+            layer_inputs = jax.tree.map(lambda leaf, i=i: leaf[i], per_layer)
+            x, _ = step(config, name=f"layer_{i}", **block_fields)(
+                x, shared, layer_inputs, deterministic
+            )
+            states.append(x)
+        return states
+    config = dataclasses.replace(config, peft=dataclasses.replace(config.peft, scan_depth=depth))
+    scanned = nn.scan(
+        step,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, 0, nn.broadcast),
+        length=depth,
+        metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
     )
-    states = [x]
-    for i in range(config.num_layers):
-        x = layer(config, name=f"layer_{i}")(x, mask, prefix[i], deterministic, **layer_inputs)
-        x = layer_boundary(x)
-        states.append(x)
-    return states
+    last, outputs = scanned(config, name=STACKED, **block_fields)(
+        x, shared, per_layer, deterministic
+    )
+    if not keep_states:
+        return [x, last]
+    return [x, *(outputs[i] for i in range(depth))]
 
 
 class SoftPrompt(nn.Module):

@@ -36,7 +36,10 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; params are stored as `param_dtype`
+    param_dtype: str = "float32"  # storage of frozen params (trainable ones stay float32)
+    remat: str = "none"  # per-layer rematerialisation in training (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # one nn.scan over the layer stack (layers.run_stack)
     peft: PeftConfig = PeftConfig()
 
     @classmethod
@@ -94,8 +97,9 @@ class LlamaBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, mask, prefix, deterministic: bool, rotary=None) -> jax.Array:
+    def __call__(self, x, shared, prefix, deterministic: bool) -> jax.Array:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
+        mask, rotary = shared
         init = nn.initializers.normal(cfg.initializer_range)
         h = layers.RMSNorm(cfg.rms_norm_eps, dtype, name="attention_norm")(x)
         h = layers.Attention(
@@ -129,9 +133,17 @@ class LlamaDecoder(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, mask, rotary, deterministic: bool) -> list[jax.Array]:
+    def __call__(
+        self, x, mask, rotary, deterministic: bool, keep_states: bool = True
+    ) -> list[jax.Array]:
         cfg = self.config
-        states = layers.layer_stack(LlamaBlock, cfg, x, mask, deterministic, rotary=rotary)
+        prefix = layers.prefixes(
+            cfg.peft, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        )
+        states = layers.run_stack(
+            LlamaBlock, cfg, cfg.num_layers, x, (mask, rotary), prefix, deterministic,
+            keep_states=keep_states,
+        )  # fmt: skip
         norm = layers.RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.dtype), name="final_norm")
         states[-1] = norm(states[-1])
         return states
@@ -181,7 +193,9 @@ class LlamaModel(nn.Module):
         )
         # causality is the attention's
         mask = layers.self_attention_mask(attention_mask, segment_ids, prompted)
-        states = LlamaDecoder(cfg, name="decoder")(x, mask, (positions, inv_freq), deterministic)
+        states = LlamaDecoder(cfg, name="decoder")(
+            x, mask, (positions, inv_freq), deterministic, output_hidden_states
+        )
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
         if cfg.tie_word_embeddings:
             logits = embed.attend(states[-1])

@@ -41,7 +41,10 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; params are stored as `param_dtype`
+    param_dtype: str = "float32"  # storage of frozen params (trainable ones stay float32)
+    remat: str = "none"  # per-layer rematerialisation in training (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # one nn.scan over the layer stack (layers.run_stack)
     peft: PeftConfig = PeftConfig()
 
     @property
@@ -170,8 +173,9 @@ class T5Layer(nn.Module):
     is_decoder: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, bias, context, context_mask, prefix, deterministic: bool):
+    def __call__(self, x, shared, prefix, deterministic: bool):
         cfg, dtype = self.config, dtype_of(self.config.dtype)
+        mask, bias, context, context_mask = shared
         init = nn.initializers.normal(cfg.initializer_factor * cfg.hidden_size**-0.5)
         dropout = layers.Dropout(cfg.dropout)
         self_prefix, cross_prefix = prefix
@@ -240,7 +244,16 @@ class T5Stack(nn.Module):
     is_decoder: bool
 
     @nn.compact
-    def __call__(self, x, attention_mask, context, context_mask, prefix, deterministic: bool):
+    def __call__(
+        self,
+        x,
+        attention_mask,
+        context,
+        context_mask,
+        prefix,
+        deterministic: bool,
+        keep_states: bool = True,
+    ):
         cfg = self.config
         mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
         if self.is_decoder:
@@ -248,14 +261,12 @@ class T5Stack(nn.Module):
         bias = self._position_bias(x.shape[1], attention_mask.shape[1])
         dropout = layers.Dropout(cfg.dropout)
         x = dropout(x, deterministic=deterministic)
-        states = [x]
         depth = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
-        for i in range(depth):
-            x = T5Layer(cfg, self.is_decoder, name=f"layer_{i}")(
-                x, mask, bias, context, context_mask, prefix[i], deterministic
-            )
-            states.append(x)
-        x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(x)
+        states = layers.run_stack(
+            T5Layer, cfg, depth, x, (mask, bias, context, context_mask), prefix, deterministic,
+            keep_states=keep_states, boundary=False, is_decoder=self.is_decoder,
+        )  # fmt: skip
+        x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(states[-1])
         states[-1] = dropout(x, deterministic=deterministic)
         return states
 
@@ -315,28 +326,32 @@ class T5Model(nn.Module):
                 peft, sites, cfg.num_heads, cfg.head_dim, cfg.hidden_size
             )
 
-    def _prefixes(self, decoder: bool) -> list[tuple]:
+    def _prefixes(self, decoder: bool) -> tuple:
+        """(self-attention, cross-attention) prefixes of every layer of one stack, each
+        [layers, 2, P, heads, head_dim] (or None)."""
         cfg = self.config
         enc, dec = cfg.num_layers, cfg.num_decoder_layers
         if not cfg.peft.prefix_length:
-            return [(None, None)] * (dec if decoder else enc)
+            return (None, None)
         p = self.prefix()
         if decoder:
-            return [(p[enc + i], p[enc + dec + i]) for i in range(dec)]
-        return [(p[i], None) for i in range(enc)]
+            return (p[enc : enc + dec], p[enc + dec :])
+        return (p[:enc], None)
 
     def encode(
-        self, input_ids, attention_mask=None, *, deterministic=True
+        self, input_ids, attention_mask=None, *, deterministic=True, keep_states=True
     ) -> tuple[list[jax.Array], jax.Array]:
-        """Encoder states (prompt positions included) and the matching attention mask."""
+        """Encoder states (prompt positions included) and the matching attention mask;
+        with `keep_states=False` and scanned layers, the input and last states only."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         x = self.shared(input_ids)
         if self.config.peft.prompt_length:
             x, attention_mask = self.prompt(x, attention_mask)
         states = self.encoder(
-            x, attention_mask, None, None, self._prefixes(decoder=False), deterministic
-        )
+            x, attention_mask, None, None, self._prefixes(decoder=False), deterministic,
+            keep_states,
+        )  # fmt: skip
         return states, attention_mask
 
     def decode(
@@ -347,6 +362,7 @@ class T5Model(nn.Module):
         decoder_attention_mask=None,
         *,
         deterministic=True,
+        keep_states=True,
     ) -> tuple[list, jax.Array]:
         """Decoder states and LM logits; `attention_mask` is the one `encode` returned."""
         if decoder_attention_mask is None:
@@ -358,6 +374,7 @@ class T5Model(nn.Module):
             attention_mask,
             self._prefixes(decoder=True),
             deterministic,
+            keep_states,
         )
         out = states[-1]
         if self.config.tie_word_embeddings:
@@ -377,7 +394,7 @@ class T5Model(nn.Module):
         output_hidden_states: bool = False,
     ) -> ModelOutput:
         encoder_states, encoder_mask = self.encode(
-            input_ids, attention_mask, deterministic=deterministic
+            input_ids, attention_mask, deterministic=deterministic, keep_states=output_hidden_states
         )
         encoded = encoder_states[-1]
         # Outputs align with the inputs: the prompt's positions are dropped.
@@ -396,6 +413,7 @@ class T5Model(nn.Module):
             encoder_mask,
             decoder_attention_mask,
             deterministic=deterministic,
+            keep_states=output_hidden_states,
         )
         return ModelOutput(
             last_hidden_state=states[-1],
