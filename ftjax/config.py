@@ -95,6 +95,15 @@ def base_config(
             "name": args.get("model", "minilm"),
             "dtype": args.get("dtype", "float32"),  # bf16 is slower on CPU here (RESULTS.md)
             "dropout": -1.0,  # >= 0 overrides every dropout rate of the checkpoint's config
+            # Storage of the frozen params (bfloat16 halves a LoRA run's weights); trainable
+            # params stay float32 master weights whatever the compute dtype.
+            "param_dtype": "float32",
+            # Per-layer rematerialisation in training: none, full, dots, dots_no_batch
+            # (what a layer keeps for the backward pass; models.layers.REMAT_POLICIES).
+            "remat": "none",
+            # One nn.scan over each layer stack: compile time flat in depth; params keep
+            # their per-layer paths everywhere outside the compiled steps.
+            "scan_layers": False,
         }
     )
     c.method = method_config(method)
@@ -139,6 +148,7 @@ def base_config(
             "warmup_steps": 0,
             "grad_clip": 1.0,
             "grad_accum": 1,
+            "state_dtype": "float32",  # optimizer moments (bfloat16 halves their memory)
         }
     )
     c.train = ml_collections.ConfigDict(
@@ -241,13 +251,16 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
     compiler_options(config)
     if d.on_bad_row not in ("error", "drop"):
         raise ConfigError(f"config.data.on_bad_row={d.on_bad_row!r}: error or drop")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config.model.dtype={config.model.dtype!r}: float32 or bfloat16")
+    for field in ("model.dtype", "model.param_dtype", "optimizer.state_dtype"):
+        section, name = field.split(".")
+        if config[section].get(name, "float32") not in ("float32", "bfloat16"):
+            raise ConfigError(f"config.{field}={config[section][name]!r}: float32 or bfloat16")
     _check_choices(config)
     _check_ranges(config)
 
 
 CHOICES = {
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),  # models.layers.REMAT_POLICIES
     "optimizer.name": ("adamw", "adafactor", "sgd"),
     "optimizer.schedule": ("linear", "cosine", "constant"),
 }
@@ -256,10 +269,9 @@ CHOICES = {
 def _check_choices(config: ml_collections.ConfigDict) -> None:
     for field, choices in CHOICES.items():
         section, name = field.split(".")
-        if config[section][name] not in choices:
-            raise ConfigError(
-                f"config.{field}={config[section][name]!r}; choose from {', '.join(choices)}"
-            )
+        value = config[section].get(name, choices[0])  # a run from before the field: default
+        if value not in choices:
+            raise ConfigError(f"config.{field}={value!r}; choose from {', '.join(choices)}")
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:

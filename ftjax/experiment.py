@@ -23,7 +23,8 @@ from ftjax.batching import Examples
 from ftjax.config import ConfigError, method_options, validate
 from ftjax.data import dataset_info, load_splits, stratified_sample
 from ftjax.loaders import FeatureLoader, TokenLoader
-from ftjax.models import from_pretrained, load_tokenizer
+from ftjax.models import from_pretrained, load_tokenizer, stacking
+from ftjax.models.hub import stack_depths
 from ftjax.optim import make_optimizer
 
 log = logging.getLogger("ftjax")
@@ -68,7 +69,7 @@ def build(
     set_prng_impl(config.train.prng_impl)
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
-    model, params = from_pretrained(config.model.name, dtype=config.model.dtype)
+    model, params = from_pretrained(config.model.name, **model_overrides(config))
     model = with_dropout(model, config.model.dropout)
     tokenizer = load_tokenizer(config.model.name)
     source = data_override or config.data.name
@@ -90,10 +91,30 @@ def build(
     per_epoch = loader.num_batches("train") if "train" in loader.roles else 0
     total = config.train.max_steps or config.train.epochs * per_epoch
     tx, lr = make_optimizer(config.optimizer, total)
+    table += "\n" + storage_line(task.model, params, mask, tx)
     frozen_hash = checkpoints.frozen_hash(frozen)
     return Experiment(
         config, mesh, method, task, params, mask, loader, tx, lr, total, frozen_hash, table
     )
+
+
+# config.model fields that are fields of every family's config (how the model computes,
+# not what it is); a run from before a field existed gets the field's default.
+MODEL_FIELDS = {"dtype": "float32", "param_dtype": "float32", "remat": "none", "scan_layers": False}
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    return {name: config.model.get(name, default) for name, default in MODEL_FIELDS.items()}
+
+
+def storage_line(model, params: dict, mask: dict[str, bool], tx) -> str:
+    """Bytes by dtype of the trainable params (float32 master weights), the frozen ones
+    (`model.param_dtype`) and the optimizer state (`optimizer.state_dtype`)."""
+    frozen_dtype = np.dtype(getattr(model.config, "param_dtype", "float32"))
+    trainable, frozen = partition.split(params, mask)
+    trainable = {p: jax.ShapeDtypeStruct(np.shape(v), np.float32) for p, v in trainable.items()}
+    frozen = {p: jax.ShapeDtypeStruct(np.shape(v), frozen_dtype) for p, v in frozen.items()}
+    return partition.storage_line(trainable, frozen, jax.eval_shape(tx.init, trainable))
 
 
 def with_head(params: dict, new_head: dict, config: ml_collections.ConfigDict) -> dict:
@@ -230,4 +251,5 @@ def make_loader(config, task, params, mask, encoded: dict[str, Examples], batch_
         why = "more than the head trains" if not head_only else f"{task.name} pools no features"
         log.warning("method.cache_features: not caching (%s); the backbone runs every step", why)
         return tokens
-    return FeatureLoader.cache(tokens, task, params)
+    stored = stacking.to_storage(task.model, stack_depths(task.model), partition.flatten(params))
+    return FeatureLoader.cache(tokens, task, partition.unflatten(stored))

@@ -24,12 +24,10 @@ import logging
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from ftjax import hf_classes, hf_format, methods, native_format, partition, peft_format
+from ftjax import hf_classes, hf_format, methods, native_format, peft_format
 from ftjax.hf_classes import ExportError
-from ftjax.models import load_tokenizer, save_pretrained
+from ftjax.models import load_tokenizer, save_pretrained, stacking
+from ftjax.state import canonical_params
 
 log = logging.getLogger("ftjax")
 STAMP = "ftjax_export.json"
@@ -52,9 +50,9 @@ def _restore(workdir: Path, step: str):
     from ftjax.loop import restore_run
 
     exp, state, _, chosen = restore_run(workdir, step)
-    every = {**state.trainable, **state.frozen}
-    flat = {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
-    return exp, partition.unflatten(flat), chosen
+    params = canonical_params(exp, state)
+    exp.task.attach(stacking.unscanned(exp.task.model))  # exports speak per-layer paths
+    return exp, params, chosen
 
 
 def _chosen(workdir: Path, step: str) -> int:

@@ -17,6 +17,7 @@ import ml_collections
 
 # Fields that change how a run is observed or laid out, not what it computes.
 MAY_CHANGE = (
+    "model.remat",  # recomputes the same values
     "train.log_every",
     "train.eval_every",
     "train.checkpoint_every",

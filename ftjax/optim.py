@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 # Biases and norm scales are not decayed (BERT practice, as in transformers' Trainer).
@@ -53,4 +55,25 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
         raise ValueError(f"config.optimizer.name={cfg.name!r}: adamw, adafactor or sgd")
     if cfg.grad_clip:
         base = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), base)
-    return base, lr
+    return with_state_dtype(base, cfg.get("state_dtype", "float32")), lr
+
+
+def with_state_dtype(tx: optax.GradientTransformation, dtype: str) -> optax.GradientTransformation:
+    """`tx` keeping its floating-point state (Adam's moments, ...) as `dtype`: the update
+    itself runs in float32 on the upcast state, so only storage loses precision."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return tx
+
+    def cast(tree: Any, to: Any) -> Any:
+        return jax.tree.map(
+            lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+        )
+
+    def init(params: Any) -> Any:
+        return cast(tx.init(params), dtype)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        updates, state = tx.update(updates, cast(state, jnp.float32), params)
+        return updates, cast(state, dtype)
+
+    return optax.GradientTransformation(init, update)

@@ -10,7 +10,8 @@ import optax
 
 from ftjax import partition, sharding
 from ftjax.experiment import Experiment
-from ftjax.models import param_axes
+from ftjax.models import param_axes, stacking
+from ftjax.models.hub import stack_depths
 from ftjax.train import TrainState
 
 
@@ -49,9 +50,32 @@ def state_shardings(exp: Experiment, trainable: dict, frozen: dict) -> TrainStat
     )
 
 
+def stored_params(exp: Experiment) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """(trainable, frozen, per-layer update masks) as the compiled steps hold them: the
+    experiment's canonical params in the model's own layout (stacked when it scans its
+    layers, `models.stacking`), frozen ones stored as `model.param_dtype` (trainable
+    ones stay float32 master weights)."""
+    model = exp.task.model
+    stacks = stack_depths(model)
+    flat = stacking.to_storage(model, stacks, partition.flatten(exp.params))
+    mask, layer_masks = stacking.layer_masks(model, stacks, exp.mask)
+    trainable, frozen = partition.split(flat, mask)
+    dtype = jnp.dtype(getattr(model.config, "param_dtype", "float32"))
+    frozen = {p: np.asarray(v).astype(dtype, copy=False) for p, v in frozen.items()}
+    return trainable, frozen, layer_masks
+
+
+def canonical_params(exp: Experiment, state: TrainState) -> dict:
+    """A state's params on the host at their per-layer paths (`stored_params` undone)."""
+    every = {**state.trainable, **state.frozen}
+    flat = {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
+    model = exp.task.model
+    return partition.unflatten(stacking.to_canonical(model, stack_depths(model), flat))
+
+
 def initial_state(exp: Experiment) -> tuple[TrainState, TrainState]:
     """(state, its shardings): params placed by the rules, optimizer state beside them."""
-    trainable, frozen = partition.split(exp.params, exp.mask)
+    trainable, frozen, _ = stored_params(exp)
     shardings = state_shardings(exp, trainable, frozen)
     trainable = {p: sharding.place(v, shardings.trainable[p]) for p, v in trainable.items()}
     frozen = {p: sharding.place(v, shardings.frozen[p]) for p, v in frozen.items()}

@@ -17,6 +17,8 @@ import numpy as np
 from ftjax import partition, sharding
 from ftjax.config import compiler_options
 from ftjax.experiment import Experiment
+from ftjax.models import stacking
+from ftjax.models.hub import stack_depths
 from ftjax.train import TrainState, make_train_step
 
 
@@ -47,6 +49,9 @@ class Steps:
         self.eval_fn = jax.jit(
             self._eval_outputs, out_shardings=replicated, compiler_options=self.compiler_options
         )
+        model = exp.task.model
+        # Trainable stacked leaves of which only some layers train (scanned stacks).
+        self.layer_masks = stacking.layer_masks(model, stack_depths(model), exp.mask)[1]
         self.compiled: dict[tuple, Any] = {}
         self.flops: dict[tuple, float] = {}  # per batch shape: global FLOPs of a step
 
@@ -63,7 +68,7 @@ class Steps:
         global_batch = to_global(self.exp, batch, self.accumulate)
         replicated = sharding.replicated(self.exp.mesh)
         fn = jax.jit(
-            make_train_step(self.exp.task.loss, self.exp.tx, self.accumulate),
+            make_train_step(self.exp.task.loss, self.exp.tx, self.accumulate, self.layer_masks),
             in_shardings=(
                 self.shardings,
                 {k: v.sharding for k, v in global_batch.items()},
@@ -82,7 +87,7 @@ class Steps:
         lowered (not compiled) without mesh or micro-batches: the same arithmetic, whole."""
         key = shape_key(batch)
         if key not in self.flops:
-            whole = jax.jit(make_train_step(self.exp.task.loss, self.exp.tx, 1))
+            whole = jax.jit(make_train_step(self.exp.task.loss, self.exp.tx, 1, self.layer_masks))
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
             cost = whole.lower(state, abstract, rng).cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from flax import struct
 
@@ -46,13 +47,29 @@ def create_state(
     )
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accumulate: int = 1):
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    accumulate: int = 1,
+    layer_masks: Mapping[str, np.ndarray] | None = None,
+):
     """(state, batch, rng) -> (state, metrics); jit it (with shardings) at the call site.
 
     With `accumulate > 1` every batch array has a leading micro-batch axis; gradients of
     the micro-batches are summed in a scan, each weighted by its number of real examples
     (`aux["weight"]`), so the update equals that of one big batch.
+
+    `layer_masks` ({path: [depth] bool}) names the trainable leaves that stack several
+    layers of which only some train (a scanned stack, `models.stacking.layer_masks`):
+    their gradients and updates are zeroed on the other layers, so those stay as loaded.
     """
+    layer_masks = dict(layer_masks or {})
+
+    def masked(tree: dict) -> dict:
+        return {
+            path: (leaf * _along_first(layer_masks[path], leaf) if path in layer_masks else leaf)
+            for path, leaf in tree.items()
+        }
 
     def grads_of(trainable, frozen, batch, rng):
         def loss_of_trainable(t):
@@ -83,7 +100,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accumulat
             weight_sum = jax.numpy.maximum(weight_sum, 1.0)
             loss = loss_sum / weight_sum
             grads = jax.tree.map(lambda g: g / weight_sum, grad_sum)
+        grads = masked(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        updates = masked(updates)  # weight decay would move the frozen layers too
         new_state = state.replace(
             step=state.step + 1,
             trainable=optax.apply_updates(state.trainable, updates),
@@ -92,6 +111,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accumulat
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
+
+
+def _along_first(layers: np.ndarray, leaf: jax.Array) -> jax.Array:
+    """A [depth] mask shaped to multiply a [depth, ...] leaf, in its dtype."""
+    return jax.numpy.asarray(layers, leaf.dtype).reshape(-1, *([1] * (leaf.ndim - 1)))
 
 
 def make_eval_step(loss_fn: LossFn):
