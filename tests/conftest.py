@@ -29,6 +29,7 @@ LONGEST_FIRST = (
     "test_trainer.py",  # 78
     "test_methods.py",  # 73
     "test_main.py",  # 72
+    "test_scale.py",  # 86 (remat, scan, dtypes)
     "test_sweep.py",  # 62
     "test_task_matrix_more.py",  # 53
     "test_smollm2.py",  # 45
