@@ -34,8 +34,8 @@ from ftjax import methods, partition, sharding, tasks
 from ftjax.batching import GROUP_MASKS
 from ftjax.config import ConfigError, compiler_options, method_options, validate
 from ftjax.data import dataset_info
-from ftjax.experiment import check_positions, unreached_params, with_dropout
-from ftjax.models import hub
+from ftjax.experiment import check_positions, model_overrides, unreached_params, with_dropout
+from ftjax.models import hub, stacking
 from ftjax.models.base import Family
 from ftjax.optim import make_optimizer
 from ftjax.state import state_shardings
@@ -43,8 +43,6 @@ from ftjax.train import TrainState, make_train_step
 
 SHAPES_DIR = Path(__file__).parent / "model_shapes"
 SHAPE_SUFFIX = "-shape"  # model=llama2-7b-shape: ftjax/model_shapes/llama2-7b/config.json
-# config.model fields that are fields of every family config (model.dtype: the compute dtype)
-MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 PLAN_STEPS = 1000  # the schedule's length changes no shape
 
 
@@ -92,11 +90,6 @@ def settled_without_tensors(config: Any, hf: dict[str, Any]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
-def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """config.model's fields that the family config takes (those this version has)."""
-    return {f: config.model[f] for f in MODEL_FIELDS if f in config.model}
-
-
 @dataclasses.dataclass(frozen=True)
 class ShapeTokenizer:
     """The tokenizer facts a loss may read (the masked LM's), without a vocabulary."""
@@ -125,8 +118,10 @@ class Setup:
     method: methods.Method
     task: tasks.Task
     tx: optax.GradientTransformation
-    trainable: dict[str, jax.ShapeDtypeStruct]  # flat, unsharded
+    trainable: dict[str, jax.ShapeDtypeStruct]  # flat, unsharded, as the state holds them
     frozen: dict[str, jax.ShapeDtypeStruct]
+    layer_masks: dict[str, Any]  # stacked leaves of which only some layers train
+    overrides: dict[str, Any]  # family config fields set beyond the config's (`build`)
 
     @property
     def model(self) -> nn.Module:
@@ -138,16 +133,16 @@ class Setup:
 
 
 def build(
-    config: ml_collections.ConfigDict, devices=None, model_overrides: dict[str, Any] | None = None
+    config: ml_collections.ConfigDict, devices=None, overrides: dict[str, Any] | None = None
 ) -> Setup:
     """The run `config` describes, as `experiment.build` assembles it, without weights;
-    `model_overrides` set fields of the family config (e.g. num_layers=2)."""
+    `overrides` set fields of the family config (e.g. num_layers=2)."""
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
     if config.data.pack_length:
         raise PlanError("config.data.pack_length: packed batches depend on the data; plan with 0")
     family, model_config = read_model_config(config.model.name)
-    fields = {**model_fields(config), **(model_overrides or {})}
+    fields = {**model_overrides(config), **(overrides or {})}
     model = family.module(hub.override_config(model_config, **fields))
     model = with_dropout(model, config.model.dropout)
     pad = getattr(model.config, "pad_token_id", None) or 0
@@ -163,15 +158,32 @@ def build(
     model = type(model)(dataclasses.replace(model.config, peft=method.peft))
     task.attach(model)
     check_positions(config, task)
-    backbone = nn.unbox(hub.abstract_params(model, family))
+    # The mask is the method's over canonical per-layer paths, as a run computes it.
     head = jax.eval_shape(task.init_head, jax.random.PRNGKey(0))
-    params = {**backbone, **head}
-    mask = methods.trainable_mask(method, params, unreached_params(task, params))
+    canonical = {**nn.unbox(hub.abstract_params(model, family)), **head}
+    mask = methods.trainable_mask(method, canonical, unreached_params(task, canonical))
+    params, mask, layer_masks = stored_params(model, family, head, mask)
     trainable, frozen = partition.split(params, mask)
     stored = fields.get("param_dtype", "float32")
     frozen = {p: jax.ShapeDtypeStruct(v.shape, _stored(v.dtype, stored)) for p, v in frozen.items()}
     tx, _ = make_optimizer(config.optimizer, config.train.max_steps or PLAN_STEPS)
-    return Setup(config, mesh, method, task, tx, trainable, frozen)
+    return Setup(
+        config, mesh, method, task, tx, trainable, frozen, layer_masks, dict(overrides or {})
+    )
+
+
+def stored_params(
+    model: nn.Module, family: Family, head: dict, mask: dict[str, bool]
+) -> tuple[dict, dict[str, bool], dict[str, Any]]:
+    """`state.stored_params` on shapes: the abstract params in the model's own layout
+    (a scanned model's layers stacked, `models.stacking`), their mask, and the per-layer
+    masks of stacked leaves of which only some layers train."""
+    if not stacking.is_scanned(model):
+        return {**nn.unbox(hub.abstract_params(model, family)), **head}, mask, {}
+    dummy = family.dummy_inputs(model.config)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **dummy))
+    leaf_mask, layer_masks = stacking.layer_masks(model, hub.stack_depths(model), mask)
+    return {**nn.unbox(variables["params"]), **head}, leaf_mask, layer_masks
 
 
 def _info(config: ml_collections.ConfigDict) -> dict:
@@ -264,12 +276,13 @@ def lower(setup: Setup) -> jax.stages.Lowered:
     batch = abstract_batch(setup)
     replicated = sharding.replicated(setup.mesh)
     fn = jax.jit(
-        make_train_step(setup.task.loss, setup.tx, setup.accumulate),
+        make_train_step(setup.task.loss, setup.tx, setup.accumulate, setup.layer_masks),
         in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}, replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
-    return fn.lower(state, batch, abstract_rng(setup.mesh))
+    with jax.set_mesh(setup.mesh):  # where the model's activation constraints find it
+        return fn.lower(state, batch, abstract_rng(setup.mesh))
 
 
 def compile_step(setup: Setup) -> jax.stages.Compiled:
@@ -296,7 +309,12 @@ def xla_memory(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 def xla_flops(setup: Setup) -> float:
     """FLOPs of the whole step from XLA's cost analysis of the step lowered without mesh
-    or micro-batches (as `Steps.step_flops`): nothing compiled."""
+    or micro-batches (as `Steps.step_flops`), nothing compiled. A loop's body counts
+    once there, so a scanned model is counted through its unrolled twin (the same
+    arithmetic)."""
+    if getattr(setup.model.config, "scan_layers", False):
+        devices = list(setup.mesh.devices.flat)
+        setup = build(setup.config, devices, {**setup.overrides, "scan_layers": False})
     state, _ = abstract_state(setup)
     unplaced = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     skip = 2 if setup.accumulate > 1 else 1  # the micro-batch axes, merged
@@ -306,7 +324,7 @@ def xla_flops(setup: Setup) -> float:
         for k, v in abstract_batch(setup).items()
     }
     rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    cost = jax.jit(make_train_step(setup.task.loss, setup.tx, 1)).lower(unplaced, batch, rng)
-    cost = cost.cost_analysis()
+    step = make_train_step(setup.task.loss, setup.tx, 1, setup.layer_masks)
+    cost = jax.jit(step).lower(unplaced, batch, rng).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float((cost or {}).get("flops", 0.0))
