@@ -31,6 +31,9 @@ setup(
         "matplotlib>=3.10,<3.12",  # ftjax.report plots (written as PNG, Agg backend)
     ],
     extras_require={
+        # Accelerators: the same jax, with its CUDA 12 or TPU runtime.
+        "cuda12": ["jax[cuda12]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2"],
         # torch is the CPU numerics reference for the parity tests, never a runtime dependency.
         # seqeval and scikit-learn are the references the metric tests compare against.
         "test": [

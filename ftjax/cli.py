@@ -25,6 +25,7 @@ def reporting_user_errors(run: Callable[[], T]) -> T:
     from ftjax.checkpoints import ResumeError
     from ftjax.config import ConfigError
     from ftjax.hf_classes import ExportError
+    from ftjax.launch import LaunchError
     from ftjax.methods import MethodError
     from ftjax.models.hub import CheckpointError
     from ftjax.partition import PatternError
@@ -32,7 +33,7 @@ def reporting_user_errors(run: Callable[[], T]) -> T:
     from ftjax.tasks import DataRowError
 
     kinds = (
-        ((ConfigError, MethodError, PatternError), "config error", 2),
+        ((ConfigError, MethodError, PatternError, LaunchError), "config error", 2),
         ((ExportError,), "adapter or export error", 2),
         ((DataRowError,), "data error", 2),
         ((CheckpointError, SourceError), "model error", 2),

@@ -4,8 +4,9 @@
 
 Without flags it runs the embedded default: LoRA on the bundled MiniLM on the bundled
 movie-review sentiment data, then prints the test accuracy. Every config field can be
-overridden (`--config.method.rank=16`); a workdir with checkpoints resumes. For several
-hosts, pass --coordinator_address, --num_processes and --process_id to every process.
+overridden (`--config.method.rank=16`); a workdir with checkpoints resumes. On several
+hosts run the same command on each: a TPU pod slice, SLURM or Open MPI is detected
+(`ftjax.launch`); elsewhere pass --coordinator_address, --num_processes and --process_id.
 """
 
 from __future__ import annotations
@@ -24,18 +25,24 @@ WORKDIR = flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics a
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-host run")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "start JAX's distributed runtime: auto "
+    "where JAX detects a cluster (TPU pod, SLURM, Open MPI), on always, off never"
+)  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
     del argv
     cli.set_up_logging()
-    import jax
+    from ftjax import launch, loop
 
-    if COORDINATOR.value:
-        jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
-    from ftjax import loop
+    def run():
+        launch.initialize(
+            DISTRIBUTED.value, COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value
+        )
+        return loop.run(CONFIG.value, WORKDIR.value)
 
-    cli.reporting_user_errors(lambda: loop.run(CONFIG.value, WORKDIR.value))
+    cli.reporting_user_errors(run)
 
 
 if __name__ == "__main__":
