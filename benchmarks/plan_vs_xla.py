@@ -13,7 +13,8 @@ drop what only XLA:CPU holds (f32 copies of bf16 weights and activations).
 
 The batch is 8 rows per 8 devices (one row per device) at each model's length, bf16
 compute, remat "full", scanned layers; LoRA stores its frozen backbone in bf16. The
-"remat" cases compile the 7B steps without remat, for the temp bytes remat saves.
+"no-remat" cases compile the 7B steps without remat, for the temp bytes remat saves; the
+"unrolled" ones without scan, for its compile time and memory.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def case_list() -> dict[str, dict]:
             "method": method,
             "devices": 8,
             "fields": {**COMMON, "remat": "none"},
+        }
+        cases[f"llama-{method}-8-unrolled"] = {  # scan's effect: the 32 layers unrolled
+            "model": "llama",
+            "method": method,
+            "devices": 8,
+            "fields": {**COMMON, "scan_layers": False},
         }
     return cases
 

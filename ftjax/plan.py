@@ -74,14 +74,15 @@ def report(command: str, setup, plan, xla=None, xla_flops=None) -> str:
     cfg, mesh = setup.model.config, setup.mesh
     trainable = sum(math.prod(v.shape) for v in setup.trainable.values())
     frozen = sum(math.prod(v.shape) for v in setup.frozen.values())
-    rows, length = setup.config.data.batch_size, setup.task.group_limits()
+    rows = setup.config.data.batch_size
+    lengths = ", ".join(f"{group} {n}" for group, n in setup.task.group_limits().items())
     devices = math.prod(mesh.shape.values())
     lines = [
         f"plan: {command}",
         f"  {type(setup.model).__name__}, {trainable + frozen:,} params, {trainable:,} trainable "
         f"({setup.method.name}); task {setup.task.name}",
         f"  mesh {' '.join(f'{k}={v}' for k, v in mesh.shape.items())} ({devices} devices); "
-        f"batch {rows} x {length}; compute {cfg.dtype}, frozen params "
+        f"batch {rows} x ({lengths}); compute {cfg.dtype}, frozen params "
         f"{getattr(cfg, 'param_dtype', 'float32')}, remat {getattr(cfg, 'remat', 'none')}, "
         f"scan_layers {getattr(cfg, 'scan_layers', False)}; target {plan.target}",
         "",

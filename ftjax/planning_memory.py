@@ -267,6 +267,11 @@ def estimate(setup: Setup, target: Target) -> Plan:
         "activations saved": saved,
         "working set": max(layer_peak + table * weight, logits),
     }
+    if gathered and not getattr(cfg, "scan_layers", False):
+        # Unrolled, each layer's gathered weights serve its forward and its backward, so
+        # XLA keeps every layer's (on XLA:CPU also their f32 and transposed copies).
+        kept = compute + 2 * weight if f32_arith else compute
+        parts["gathered weights (unrolled)"] = sum(s.depth * s.layer_weights for s in found) * kept
     if target.f32_arithmetic:  # an f32 copy of each bf16 frozen shard (module docstring)
         low = sum(v for k, v in held["by_dtype"].items() if k.startswith("frozen") and "16" in k)
         parts["f32 copies of bf16 frozen params"] = 2 * low
