@@ -3,11 +3,12 @@
 `build(config)` assembles what `experiment.build` would (the family config from a
 config.json, the task, the method's hooks, the head, the trainable mask, the optimizer,
 the mesh) without weights or data: every parameter is a `jax.ShapeDtypeStruct`
-(`jax.eval_shape` of the model's init), placed by the real sharding rules
-(`state.state_shardings`). `lower` jits the real `train.make_train_step` over the task's
-real loss with the in/out shardings and donation `steps.Steps.compile_train` uses, on an
-abstract batch, so `compile(...).memory_analysis()` is XLA's own account of what a run
-would compile, and nothing is ever materialised.
+(`jax.eval_shape` of the model's init) in the layout a run's state holds
+(`state.stored_params`: stacked when scanned, frozen ones as `model.param_dtype`),
+placed by the real sharding rules (`state.state_shardings`). `lower` jits the real
+`train.make_train_step` over the task's real loss with the in/out shardings and donation
+`steps.Steps.compile_train` uses, on an abstract batch, so `compile(...).memory_analysis()`
+is XLA's own account of what a run would compile, and nothing is ever materialised.
 
 Two things a run takes from data are stood in for here (and only here):
 - the batch: `abstract_batch` lays out the arrays the task's loader yields

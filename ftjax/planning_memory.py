@@ -4,33 +4,39 @@ Exact (from the shardings the run uses): params (trainable, frozen, by dtype), o
 state, gradients (one per trainable param, as sharded; twice with gradient
 accumulation: the micro-batch's and the running sum), the batch.
 
-Estimated (from the model's shapes, the batch per device and `model.remat`), per device:
-- saved activations, per layer of each stack that the loss runs: remat "full" keeps the
-  layer's input (the residual stream); "dots_no_batch" also every projection's output
-  (q, k, v, attention output, the feed-forward's matmuls; f32, as the matmuls
-  accumulate); "dots" also the attention scores and context; "none" what autodiff
-  keeps: the softmax output (f32), the attention weights in the compute dtype, the
-  mask, q/k/v/context, four hidden-sized and (gated) six or (plain) three
-  feed-forward-sized tensors;
-- the working set at the peak, the larger of one layer's backward (its attention
-  scores, probabilities and their gradients: two f32 and two compute-dtype buffers of
-  batch x heads x queries x keys, plus the layer's weights gathered whole when the mesh
-  shards them, plus one vocabulary table gathered) and the loss's logits (batch x
-  length x vocabulary: three f32 buffers and one in the compute dtype, plus the table).
+Estimated from the model's shapes, the rows per device and `model.remat`:
+- saved activations, per layer of each stack the loss runs: remat "full" keeps the
+  layer's input (the residual stream; with dropout also a copy in the compute dtype);
+  "dots_no_batch" also every projection's output (q, k, v, attention output, the
+  feed-forward's matmuls; f32, as the matmuls accumulate); "dots" also the attention
+  scores and context; "none" what autodiff keeps: the softmax output (f32), the
+  attention weights in the compute dtype and the mask per score, q/k/v/context, four
+  hidden-sized and three (plain) or six (gated) feed-forward-sized tensors;
+- the working set at the peak, the larger of (a) one layer's backward: the attention's
+  scores, probabilities and their gradients (two f32 and two compute-dtype buffers of
+  rows x heads x queries x keys, and with attention dropout two uint32 of its hashed
+  bits), the layer's weights gathered whole when FSDP shards them, and the LM head's
+  table gathered (XLA keeps it through the layers' backward), and (b) the loss: its
+  logits (three f32 buffers and one in the compute dtype per row x position x
+  vocabulary entry) with the table gathered in the compute dtype and twice in the
+  matmuls' operand dtype (as is and transposed);
+- without `scan_layers`, FSDP's gathered weights of every layer, kept from its forward
+  to its backward (an unrolled stack shares one gather between them).
 
-The counts above were read off XLA's buffer assignment for ftjax's layers (attention is
-materialised, softmax in f32) and hold for every family; `Target` says how the backend
-stores things. XLA:CPU has no bf16 arithmetic: it runs bf16 matmuls and elementwise ops
-in f32 and keeps their results in f32 (excess precision), converts a bf16 weight shard
-to f32 before gathering it, and so holds an f32 copy of every bf16 frozen shard. TPUs and
-GPUs keep the compute dtype. `--check` compiles on XLA:CPU, so it is compared with the
-"cpu" target; the accelerator targets drop exactly those copies.
+The counts were read off XLA's buffer assignment for ftjax's layers (attention is
+materialised, softmax in f32) and checked against `memory_analysis()` for Llama-2-7B,
+BERT-large and T5-XL shapes (benchmarks/RESULTS.md). `Target` says how the backend
+stores things: XLA:CPU has no bf16 arithmetic, so it runs bf16 matmuls and elementwise
+ops in f32 and keeps their results in f32 (excess precision), converts bf16 weight
+shards to f32 before gathering them and holds an f32 copy of every bf16 frozen shard.
+TPUs and GPUs keep the compute dtype. `--check` compiles on XLA:CPU and so compares
+with the "cpu" target; the accelerator targets drop exactly those copies, unchecked.
 
-FLOPs (analytic, per step, the whole batch): matmuls 2 x tokens x weights they read,
-attention 4 x batch x heads x queries x keys x head_dim per layer, the logits; the
-backward costs the forward again (gradients of the activations, which flow through
-every layer the loss runs) plus 2 x tokens x trainable matmul weights (frozen weights
-need no weight gradient), and remat recomputes the forward of what it did not keep.
+FLOPs (analytic, per step, the whole batch): matmuls 2 x tokens x the weights they read,
+attention 4 x tokens x keys x heads x head_dim per layer, the logits; the backward
+costs the forward again (gradients of the activations, taken through every layer the
+loss runs) plus 2 x tokens x trainable matmul weights (frozen weights need no weight
+gradient); remat "full" recomputes the layers' forward, "dots_no_batch" the attention.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The planner: its per-device total against XLA's memory_analysis on a small Llama
 compiled ahead of time over a simulated 8-device mesh (the large shapes live in
-benchmarks/plan_vs_xla.py), and the bundled config.json shapes."""
+benchmarks/plan_vs_xla.py), the bundled config.json shapes, and its stand-in batch
+against the loader's."""
 
 from __future__ import annotations
 
@@ -69,3 +70,29 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree.leaves(nn.unbox(tree))
+
+
+@pytest.mark.parametrize(
+    "family, task", [("bert", "classification"), ("llama", "language_modeling"), ("t5", "seq2seq")]
+)
+def test_abstract_batch_is_the_loaders_longest_batch(tmp_path, family, task):
+    from ftjax import experiment, planning
+    from ftjax.config import base_config
+    from tests.helpers.tiny import make_checkpoint, make_dataset
+
+    fields = {"classification": {"num_labels": 2}, "language_modeling": {},
+              "seq2seq": {"source_column": "text", "label_column": "label",
+                          "max_target_length": 4}}[task]  # fmt: skip
+    config = base_config(
+        "method=lora", task=task, data=str(make_dataset(tmp_path / "data")), **fields
+    )
+    config.model.name = str(make_checkpoint(tmp_path / family, family))
+    config.data.update(batch_size=8, max_length=32, bucket_step=32)
+    if task == "seq2seq":
+        config.task.label_words = ("negative", "positive")
+    loader = experiment.build(config).loader
+    real = max(loader.train_batches(0, 0), key=lambda b: b["input_ids"].shape[1])
+    planned = planning.abstract_batch(planning.build(config))
+    assert {k: (v.shape, v.dtype) for k, v in planned.items()} == {
+        k: (v.shape, v.dtype) for k, v in real.items()
+    }
