@@ -20,9 +20,10 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ftjax.models import hub
+from ftjax.models.layers import BATCH_MESH_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = BATCH_MESH_AXES  # the models constrain activations to them
 
 # logical axis -> mesh axis; names not listed (norm, position, lora, prefix, ...) replicate.
 RULES: dict[str, str] = {

@@ -77,7 +77,9 @@ class Steps:
             out_shardings=(self.shardings, replicated),
             donate_argnums=0,
         )
-        self.compiled[key] = fn.lower(state, global_batch, rng).compile(self.compiler_options)
+        with jax.set_mesh(self.exp.mesh):  # the models' activation constraints read it
+            lowered = fn.lower(state, global_batch, rng)
+        self.compiled[key] = lowered.compile(self.compiler_options)
         return time.perf_counter() - tic
 
     def step_flops(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
@@ -107,7 +109,8 @@ class Steps:
         per_row: dict[str, list] = {}
         order: list[np.ndarray] = []
         for batch, index in self.exp.loader.eval_batches(role):
-            batch_sums, rows = self.eval_fn(state, to_global(self.exp, batch))
+            with jax.set_mesh(self.exp.mesh):
+                batch_sums, rows = self.eval_fn(state, to_global(self.exp, batch))
             for key, value in batch_sums.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             for key, value in rows.items():

@@ -30,7 +30,7 @@ def test_cli_plans_a_small_llama_within_15_percent_of_xla(tmp_path):
     command = [
         sys.executable, "-m", "ftjax.plan",
         f"--config={ROOT / 'configs' / 'lm.py'}:model={tmp_path / 'config.json'},method=lora",
-        "--mesh=data=8", "--remat=full", "--scan_layers", "--param_dtype=bfloat16",
+        "--mesh=fsdp=8", "--remat=full", "--scan_layers", "--param_dtype=bfloat16",
         "--config.model.dtype=bfloat16", "--config.data.batch_size=8",
         "--config.data.max_length=512", "--check",
     ]  # fmt: skip

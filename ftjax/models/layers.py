@@ -56,6 +56,29 @@ LORA, ADAPTER, PREFIX_SITES, KV_PAIR, PREFIX = (
 NO_PEFT = PeftConfig()
 
 
+# Mesh axes the batch is split over (`ftjax.sharding` reads them from here).
+BATCH_MESH_AXES = ("data", "fsdp")
+
+
+def batch_sharded(x: Array) -> Array:
+    """`x` constrained to be split over the batch axes of the mesh the step is traced
+    under (`jax.set_mesh`; no mesh, no constraint). Without it, XLA's partitioner follows
+    FSDP-sharded weights and computes every row of the global batch on every device
+    (benchmarks/RESULTS.md: 35 GiB instead of 4.2 per device for a 7B step at fsdp=64).
+    A batch the axes do not divide (a shared context encoded once) is left alone."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names)
+    size = 1
+    for axis in axes:
+        size *= mesh.shape[axis]
+    if size <= 1 or x.ndim == 0 or x.shape[0] % size:
+        return x
+    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def _param(module: nn.Module, name: str, init: Callable, shape: tuple, axes: tuple) -> Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
@@ -153,7 +176,7 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        return batch_sharded(jnp.take(self.embedding, ids, axis=0).astype(self.dtype))
 
     def attend(self, x: Array) -> Array:
         return matmul(x, self.embedding.T, self.dtype)
@@ -549,7 +572,7 @@ def _step_of(block: type[nn.Module], boundary: bool, keep: bool) -> type[nn.Modu
     class Step(block):
         def __call__(self, x, shared, per_layer, deterministic):
             x = super().__call__(x, shared, per_layer, deterministic)
-            x = layer_boundary(x) if boundary else x
+            x = batch_sharded(layer_boundary(x) if boundary else x)
             return x, (x if keep else None)
 
     Step.__name__ = Step.__qualname__ = block.__name__
