@@ -1,143 +1,244 @@
 """What ftjax does on this host's accelerator, in one JSON (run by accelerator_check.sh).
 
-    python benchmarks/accelerator_check.py --out accelerator_check.json [--fast]
+    python benchmarks/accelerator_check.py [--out accelerator_check.json] [--fast]
+        [--model smollm2] [--data sentiment] [--accelerator cuda12|tpu|none]
+    python benchmarks/accelerator_check.py --detect    # the jax extra this host needs
 
-On a GPU or TPU: the model parity tests and the default run on the device, then a bf16
-LoRA and a bf16 full fine-tuning train step of SmolLM2 (32 x 256 tokens) with their MFU
-against the chip's bf16 peak. On a CPU every device part is skipped, saying why, and
-the steps are timed on the CPU (`--fast`: a tiny random Llama, 2 steps; for tests).
+On a GPU or TPU: the model parity tests (ftjax against transformers, float32 matmuls at
+full precision) and the default run (`python -m ftjax.main`) on the device, then a bf16
+LoRA and a bf16 full fine-tuning train step of SmolLM2 (causal LM on packed rows of 512
+tokens, ftjax's own step from `experiment.build`) with MFU against the chip's dense bf16
+peak: the step's FLOPs from XLA's cost analysis (`Steps.step_flops`) / the median step
+time / (peak x devices). On a CPU the device parts are skipped, saying so, and the steps
+run small (`--fast`: 8 examples in rows of 64 tokens, 2 timed steps; for the tests,
+with a tiny `--model` / `--data`). Exit code 1 when a part failed or the host's
+accelerator did not reach jax.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-
-import jax
-import jax.numpy as jnp
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (no sparsity).
-PEAK_BF16 = {
-    "H100": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-}
-PARITY_TESTS = ("tests/test_model_parity.py", "tests/test_llama.py")
+# Dense bf16 FLOP/s per chip from the vendors' data sheets (no sparsity), matched against
+# jax's device_kind ("NVIDIA H100 80GB HBM3", "TPU v5 lite" for v5e, ...), first match.
+PEAK_BF16 = (
+    (r"H100 PCIe", 756e12),
+    (r"H100 NVL", 835e12),
+    (r"H100|H200", 989e12),
+    (r"A100", 312e12),
+    (r"L40S", 362e12),
+    (r"L40\b", 181e12),
+    (r"L4\b", 121e12),
+    (r"A10\b", 125e12),
+    (r"TPU v6 ?lite|TPU v6e", 918e12),
+    (r"TPU v5 ?lite|TPU v5e", 197e12),
+    (r"TPU v5p?$", 459e12),
+    (r"TPU v4$", 275e12),
+    (r"TPU v3", 123e12),
+)
+PARITY_TESTS = (
+    "tests/test_model_parity.py",
+    "tests/test_llama.py",
+    "tests/test_minilm.py",
+    "tests/test_smollm2.py",
+)
+# (examples per batch, tokens per packed row, timed steps)
+SHAPES = {"device": (256, 512, 10), "cpu": (32, 128, 3), "fast": (8, 64, 2)}
 
 
-def peak_of(kind: str) -> float | None:
-    return next((peak for name, peak in PEAK_BF16.items() if name.lower() in kind.lower()), None)
+def peak_flops(device_kind: str) -> float | None:
+    return next((peak for pattern, peak in PEAK_BF16 if re.search(pattern, device_kind)), None)
 
 
-def run(cmd: list[str], timeout: int) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def detect_accelerator(env: Mapping[str, str] | None = None, dev: Path = Path("/dev")) -> str:
+    """The jax extra this host needs: cuda12 (nvidia-smi lists a GPU), tpu (TPU device
+    nodes, or a TPU VM's environment), else none."""
+    env = os.environ if env is None else env
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if smi and subprocess.run([smi, "-L"], capture_output=True, timeout=60).returncode == 0:
+        return "cuda12"
+    nodes = [*dev.glob("accel[0-9]*"), *dev.glob("vfio/[0-9]*")]  # v4 / v5e and later
+    if nodes or any(name in env for name in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")):
+        return "tpu"
+    return "none"
+
+
+def skipped(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason}
+
+
+def run_part(cmd: list[str], timeout: int, **env: str) -> dict:
+    """A subprocess of this repo: ok / failed, seconds, the last lines of its output."""
     tic = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"no result after {timeout} s", "command": cmd}
     return {
-        "ok": proc.returncode == 0,
+        "status": "ok" if proc.returncode == 0 else "failed",
         "seconds": round(time.perf_counter() - tic, 1),
-        "tail": tail,
+        "command": cmd,
+        "tail": (proc.stdout + proc.stderr).strip().splitlines()[-5:],
     }
 
 
-def step_model(fast: bool):
-    from ftjax.models import from_pretrained, init_params
-    from tests.helpers.tiny import tiny_model
-
-    if fast:
-        model = tiny_model("llama")
-        return model, init_params(model, 0), (4, 32)
-    model, params = from_pretrained("smollm2")
-    return model, params, (32, 256)
+def parity_tests() -> dict:
+    # On GPUs float32 matmuls default to TF32 and on TPUs to one bf16 pass: the tests'
+    # 1e-4 against PyTorch's float32 needs full precision.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PARITY_TESTS]
+    return run_part(cmd, 600, JAX_DEFAULT_MATMUL_PRECISION="highest")
 
 
-def time_step(model, params, method: str, shape: tuple[int, int], steps: int) -> dict:
-    """Median seconds of a jitted bf16 train step (loss, gradients of the trainable params,
-    an AdamW update) and its FLOPs from XLA's cost analysis."""
-    import optax
+def default_run() -> dict:
+    with tempfile.TemporaryDirectory(prefix="accelerator_check_") as workdir:
+        part = run_part([sys.executable, "-m", "ftjax.main", "--workdir", workdir], 600)
+        results = Path(workdir) / "results.json"
+        if results.exists():
+            figures = json.loads(results.read_text())
+            part["test"] = figures.get("test")
+            part["median_step_seconds"] = figures.get("median_step_seconds")
+    return part
 
-    from ftjax import methods, partition
 
-    model = type(model)(dataclasses.replace(model.config, dtype="bfloat16"))
-    chosen = methods.resolve(method, model, {})
-    model, params = methods.apply(chosen, model, params, rng=0)
-    mask = methods.trainable_mask(chosen, params, set(), training=True)
-    trainable, frozen = partition.split(params, mask)
-    frozen = {p: v.astype(jnp.bfloat16) for p, v in frozen.items()}
-    tx = optax.adamw(1e-4)
-    ids = jnp.ones(shape, jnp.int32)
+def train_step(model: str, data: str, method: str, shape: tuple, peak: float | None) -> dict:
+    """ftjax's compiled train step for `method` (bf16 compute; LoRA's frozen weights
+    stored bf16, full fine-tuning's float32 master weights), timed on one packed batch."""
+    import jax
 
-    def loss(t):
-        logits = model.apply({"params": partition.merge(t, frozen)}, ids).logits
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits[:, :-1].astype(jnp.float32), ids[:, 1:]
-        ).mean()
+    from ftjax import experiment, loop, state, steps
+    from ftjax.config import base_config
 
-    def step(t, opt):
-        value, grads = jax.value_and_grad(loss)(t)
-        updates, opt = tx.update(grads, opt, t)
-        return optax.apply_updates(t, updates), opt, value
-
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(trainable, tx.init(trainable)).compile()
-    cost = compiled.cost_analysis()
-    flops = float(((cost[0] if isinstance(cost, list) else cost) or {}).get("flops", 0.0))
-    state = (trainable, tx.init(trainable))
+    examples, row_tokens, timed = shape
+    arg = f"model={model},method={method},dtype=bfloat16"
+    config = base_config(arg, task="language_modeling", data=data)  # configs/lm.py's run
+    config.data.update(batch_size=examples, max_length=min(64, row_tokens), pack_length=row_tokens)
+    if method == "lora":
+        config.model.param_dtype = "bfloat16"
+    exp = experiment.build(config)
+    train_state, shardings = state.initial_state(exp)
+    runner = steps.Steps(exp, shardings)
+    batch = next(exp.loader.train_batches(0, 0))
+    rng = jax.random.PRNGKey(0)
+    flops = runner.step_flops(train_state, batch, rng)  # before the step donates the state
+    compile_seconds = runner.compile_train(train_state, batch, rng)
     times = []
-    for _ in range(steps + 1):
+    for _ in range(timed + 1):  # the first call warms up
         tic = time.perf_counter()
-        *state, value = compiled(*state)
-        jax.block_until_ready(value)
+        train_state, metrics = runner.train(train_state, batch, rng)
+        loss = float(metrics["loss"])  # waits for the step
         times.append(time.perf_counter() - tic)
     seconds = statistics.median(times[1:])
-    return {"step_s": round(seconds, 4), "flops": flops, "loss": float(value)}
+    real, computed = loop.token_counts(batch)
+    result: dict[str, Any] = {
+        "status": "ok",
+        "batch": list(batch["input_ids"].shape),
+        "real_tokens": int(real),
+        "compile_seconds": round(compile_seconds, 1),
+        "step_seconds": seconds,
+        "tokens_per_second": round(computed / seconds),
+        "flops": flops,
+        "loss": loss,
+    }
+    if peak:
+        result["mfu"] = round(flops / seconds / (peak * jax.device_count()), 4)
+    memory = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in memory:
+        result["peak_gib_device_0"] = round(memory["peak_bytes_in_use"] / 2**30, 2)
+    return result
 
 
-def main() -> None:
+def check(args: argparse.Namespace) -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    report: dict[str, Any] = {
+        "accelerator": args.accelerator,
+        "jax": jax.__version__,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "devices": jax.device_count(),
+    }
+    on_device = device.platform in ("gpu", "tpu")
+    if args.accelerator != "none" and not on_device:
+        report["error"] = (
+            f"found {args.accelerator} hardware, but jax runs on {device.platform}: the "
+            f"extra's runtime did not load (pip install -e '.[{args.accelerator}]')"
+        )
+        return report
+    why_not = f"no GPU or TPU: jax's backend is {device.platform}"
+    report["parity_tests"] = parity_tests() if on_device else skipped(why_not)
+    report["default_run"] = default_run() if on_device else skipped(why_not)
+    shape = SHAPES["fast" if args.fast else "device" if on_device else "cpu"]
+    peak = peak_flops(device.device_kind) if on_device else None
+    report["steps"] = {"model": args.model, "data": args.data, "compute_dtype": "bfloat16"}
+    if peak is None:
+        report["steps"]["mfu"] = skipped(
+            f"no bf16 peak known for {device.device_kind!r}" if on_device else why_not
+        )
+    else:
+        report["steps"]["peak_flops_per_chip"] = peak
+    for method in ("lora", "full"):
+        report["steps"][method] = train_step(args.model, args.data, method, shape, peak)
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"accelerator_check: {report['device_kind']} x {report['devices']} ({report['jax']})"]
+    for part in ("parity_tests", "default_run"):
+        if part in report:
+            got = report[part]
+            lines.append(f"  {part}: {got['status']} {got.get('reason', '')}".rstrip())
+    for method in ("lora", "full"):
+        step = report.get("steps", {}).get(method)
+        if step:
+            mfu = f"MFU {step['mfu']:.1%}" if "mfu" in step else "MFU skipped"
+            rows, length = step["batch"]
+            lines.append(
+                f"  {method} step: {rows} x {length} tokens, {1000 * step['step_seconds']:.1f} "
+                f"ms, {step['tokens_per_second']} tokens/s, {mfu}"
+            )
+    if "error" in report:
+        lines.append(f"  error: {report['error']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="accelerator_check.json")
-    parser.add_argument("--fast", action="store_true", help="tiny model, 2 steps (tests)")
+    parser.add_argument("--fast", action="store_true", help="small steps (tests)")
+    parser.add_argument("--model", default="smollm2", help="decoder for the timed steps")
+    parser.add_argument("--data", default="sentiment", help="text for the timed steps")
+    parser.add_argument("--accelerator", choices=("cuda12", "tpu", "none"), default=None)
+    parser.add_argument("--detect", action="store_true", help="print the extra and exit")
     args = parser.parse_args()
-    device = jax.devices()[0]
-    kind = device.device_kind
-    report: dict = {"platform": device.platform, "device_kind": kind, "devices": jax.device_count()}
-    on_device = device.platform in ("gpu", "tpu")
-    skipped = f"skipped: no GPU or TPU here (jax backend {device.platform!r})"
-    if on_device:
-        report["parity_tests"] = run([sys.executable, "-m", "pytest", "-q", *PARITY_TESTS], 900)
-        report["default_run"] = run([sys.executable, "-m", "ftjax.main", "--workdir",
-                                     str(ROOT / "runs" / "accelerator_check")], 900)  # fmt: skip
-    else:
-        report["parity_tests"] = report["default_run"] = skipped
-    model, params, shape = step_model(args.fast)
-    peak = peak_of(kind) if on_device else None
-    report["steps"] = {"model": "tiny random llama" if args.fast else "smollm2", "batch": shape}
-    for method in ("lora", "full"):
-        result = time_step(model, params, method, shape, 2 if args.fast else 10)
-        result["mfu"] = (
-            round(result["flops"] / result["step_s"] / peak, 4)
-            if peak
-            else f"skipped: no bf16 peak known for {kind!r}"
-        )
-        report["steps"][method] = result
+    if args.detect:
+        print(detect_accelerator())
+        return 0
+    args.accelerator = args.accelerator or detect_accelerator()
+    report = check(args)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(summary(report))
+    print(f"accelerator_check: wrote {args.out}")
+    parts = [report.get(p, {}) for p in ("parity_tests", "default_run")]
+    failed = "error" in report or any(p.get("status") == "failed" for p in parts)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
