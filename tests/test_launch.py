@@ -1,10 +1,14 @@
 """Launching on several hosts: when ftjax starts JAX's distributed runtime, and how, on
-fake cluster environments (nothing is initialised; tests/test_multihost.py runs two
-real processes with the explicit flags)."""
+fake cluster environments (checked against JAX's own detectors), and one fake two-task
+SLURM step that really starts it without flags (tests/test_multihost.py trains two
+processes started with the explicit flags)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +149,37 @@ def test_accelerator_extras_pin_the_same_jax():
     pinned = next(line for line in text.splitlines() if '"jax==' in line).strip().strip('",')
     version = pinned.split("==")[1]
     assert f'"jax[cuda12]=={version}"' in text and f'"jax[tpu]=={version}"' in text
+
+
+def test_two_srun_tasks_start_one_runtime_without_flags(cluster_env, tmp_path):
+    """A fake two-task SLURM step on 127.0.0.1: both processes call `initialize()` as
+    main.py does, JAX finds the coordinator, count and index itself, and both see 2."""
+    cluster_env({})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    step = {**SLURM_STEP, "SLURM_STEP_NODELIST": "127.0.0.1", "JAX_COORDINATOR_PORT": port}
+    code = (
+        "import jax; from ftjax import launch; plan = launch.initialize(); "
+        "print(plan.reason, jax.process_index(), jax.process_count())"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**os.environ, **step, "SLURM_PROCID": str(i), "PYTHONPATH": root},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in (0, 1)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err[-2000:]
+        outputs.append(out.strip())
+    assert outputs == ["slurm detected (2 processes) 0 2", "slurm detected (2 processes) 1 2"]
