@@ -24,6 +24,7 @@ from ftjax.config import ConfigError, method_options, validate
 from ftjax.data import dataset_info, load_splits, stratified_sample
 from ftjax.loaders import FeatureLoader, TokenLoader
 from ftjax.models import from_pretrained, load_tokenizer, stacking
+from ftjax.models.base import frozen_dtype
 from ftjax.models.hub import stack_depths
 from ftjax.optim import make_optimizer
 
@@ -110,10 +111,12 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict:
 def storage_line(model, params: dict, mask: dict[str, bool], tx) -> str:
     """Bytes by dtype of the trainable params (float32 master weights), the frozen ones
     (`model.param_dtype`) and the optimizer state (`optimizer.state_dtype`)."""
-    frozen_dtype = np.dtype(getattr(model.config, "param_dtype", "float32"))
     trainable, frozen = partition.split(params, mask)
     trainable = {p: jax.ShapeDtypeStruct(np.shape(v), np.float32) for p, v in trainable.items()}
-    frozen = {p: jax.ShapeDtypeStruct(np.shape(v), frozen_dtype) for p, v in frozen.items()}
+    frozen = {
+        p: jax.ShapeDtypeStruct(np.shape(v), frozen_dtype(model.config, v.dtype))
+        for p, v in frozen.items()
+    }
     return partition.storage_line(trainable, frozen, jax.eval_shape(tx.init, trainable))
 
 

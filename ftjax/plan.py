@@ -83,8 +83,8 @@ def report(command: str, setup, plan, xla=None, xla_flops=None) -> str:
         f"({setup.method.name}); task {setup.task.name}",
         f"  mesh {' '.join(f'{k}={v}' for k, v in mesh.shape.items())} ({devices} devices); "
         f"batch {rows} x ({lengths}); compute {cfg.dtype}, frozen params "
-        f"{getattr(cfg, 'param_dtype', 'float32')}, remat {getattr(cfg, 'remat', 'none')}, "
-        f"scan_layers {getattr(cfg, 'scan_layers', False)}; target {plan.target}",
+        f"{cfg.param_dtype}, remat {cfg.remat}, scan_layers {cfg.scan_layers}; "
+        f"target {plan.target}",
         "",
         f"  {'per device':<36} {'planned':>13}" + (f" {'XLA':>13}" if xla else ""),
     ]

@@ -37,7 +37,7 @@ from ftjax.config import ConfigError, compiler_options, method_options, validate
 from ftjax.data import dataset_info
 from ftjax.experiment import check_positions, model_overrides, unreached_params, with_dropout
 from ftjax.models import hub, stacking
-from ftjax.models.base import Family
+from ftjax.models.base import Family, frozen_dtype
 from ftjax.optim import make_optimizer
 from ftjax.state import state_shardings
 from ftjax.train import TrainState, make_train_step
@@ -165,8 +165,10 @@ def build(
     mask = methods.trainable_mask(method, canonical, unreached_params(task, canonical))
     params, mask, layer_masks = stored_params(model, family, head, mask)
     trainable, frozen = partition.split(params, mask)
-    stored = fields.get("param_dtype", "float32")
-    frozen = {p: jax.ShapeDtypeStruct(v.shape, _stored(v.dtype, stored)) for p, v in frozen.items()}
+    frozen = {
+        p: jax.ShapeDtypeStruct(v.shape, frozen_dtype(model.config, v.dtype))
+        for p, v in frozen.items()
+    }
     tx, _ = make_optimizer(config.optimizer, config.train.max_steps or PLAN_STEPS)
     return Setup(
         config, mesh, method, task, tx, trainable, frozen, layer_masks, dict(overrides or {})
@@ -193,11 +195,6 @@ def _info(config: ml_collections.ConfigDict) -> dict:
         return dataset_info(config.data.name)
     except Exception:  # noqa: BLE001 - no data needed to plan; a task that needs it says so
         return {}
-
-
-def _stored(dtype: Any, param_dtype: str) -> Any:
-    """Frozen floating params are stored as `model.param_dtype` (integers never are)."""
-    return jnp.dtype(param_dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype
 
 
 # ---------------------------------------------------------------------------- abstract state
@@ -313,7 +310,7 @@ def xla_flops(setup: Setup) -> float:
     or micro-batches (as `Steps.step_flops`), nothing compiled. A loop's body counts
     once there, so a scanned model is counted through its unrolled twin (the same
     arithmetic)."""
-    if getattr(setup.model.config, "scan_layers", False):
+    if stacking.is_scanned(setup.model):
         devices = list(setup.mesh.devices.flat)
         setup = build(setup.config, devices, {**setup.overrides, "scan_layers": False})
     state, _ = abstract_state(setup)

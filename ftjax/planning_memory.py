@@ -273,7 +273,7 @@ def estimate(setup: Setup, target: Target) -> Plan:
         "activations saved": saved,
         "working set": max(layer_peak + table * weight, logits),
     }
-    if gathered and not getattr(cfg, "scan_layers", False):
+    if gathered and not cfg.scan_layers:
         # Unrolled, each layer's gathered weights serve its forward and its backward, so
         # XLA keeps every layer's (on XLA:CPU also their f32 and transposed copies).
         kept = compute + 2 * weight if f32_arith else compute

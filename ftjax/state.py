@@ -11,6 +11,7 @@ import optax
 from ftjax import partition, sharding
 from ftjax.experiment import Experiment
 from ftjax.models import param_axes, stacking
+from ftjax.models.base import frozen_dtype
 from ftjax.models.hub import stack_depths
 from ftjax.train import TrainState
 
@@ -60,8 +61,10 @@ def stored_params(exp: Experiment) -> tuple[dict, dict, dict[str, np.ndarray]]:
     flat = stacking.to_storage(model, stacks, partition.flatten(exp.params))
     mask, layer_masks = stacking.layer_masks(model, stacks, exp.mask)
     trainable, frozen = partition.split(flat, mask)
-    dtype = jnp.dtype(getattr(model.config, "param_dtype", "float32"))
-    frozen = {p: np.asarray(v).astype(dtype, copy=False) for p, v in frozen.items()}
+    frozen = {
+        p: np.asarray(v).astype(frozen_dtype(model.config, v.dtype), copy=False)
+        for p, v in frozen.items()
+    }
     return trainable, frozen, layer_masks
 
 

@@ -138,3 +138,9 @@ def dtype_of(name: str) -> Any:
         return jnp.dtype(name)
     except TypeError as err:
         raise ValueError(f"config field dtype={name!r} is not a dtype (float32, bfloat16)") from err
+
+
+def frozen_dtype(config: Any, dtype: Any) -> Any:
+    """How a frozen param of `dtype` is stored: floating ones as the config's
+    `param_dtype` (trainable ones stay float32 master weights), integer ones as they are."""
+    return jnp.dtype(config.param_dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype

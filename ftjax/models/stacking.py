@@ -31,7 +31,7 @@ INERT_HOLES = ("lora_a", "lora_b")  # the only params a layer of a scanned stack
 
 
 def is_scanned(model: nn.Module) -> bool:
-    return bool(getattr(model.config, "scan_layers", False))
+    return model.config.scan_layers
 
 
 def unscanned(model: nn.Module) -> nn.Module:
