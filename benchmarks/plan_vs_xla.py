@@ -92,36 +92,9 @@ def config_for(case: dict):
     return config
 
 
-def constrain_activations() -> None:
-    """PROTOTYPE, not ftjax's code: the residual stream sharded over the batch axes at
-    the embedding and every layer boundary (`with_sharding_constraint` under the mesh
-    `planning.lower` sets). Without constraints on activations XLA's partitioner follows
-    the FSDP-sharded weights and computes the whole batch on every device; this is the
-    change the models need, measured here before they have it."""
-    import jax
-    from jax.sharding import PartitionSpec
-
-    from ftjax import sharding
-    from ftjax.models import layers
-
-    def constrain(x):
-        mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty:
-            return x
-        spec = PartitionSpec(sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
-        return jax.lax.with_sharding_constraint(x, spec)
-
-    boundary, embed = layers.layer_boundary, layers.Embed.__call__
-    layers.layer_boundary = lambda x: constrain(boundary(x))
-    layers.Embed.__call__ = lambda self, ids: constrain(embed(self, ids))
-
-
-def run_case(name: str, constrained: bool = False) -> dict:
+def run_case(name: str) -> dict:
     """One case in this process (its XLA_FLAGS must give the devices)."""
     import jax
-
-    if constrained:
-        constrain_activations()
 
     from ftjax import planning, planning_memory
 
@@ -138,7 +111,6 @@ def run_case(name: str, constrained: bool = False) -> dict:
     xla = planning.xla_memory(compiled)
     return {
         "case": name,
-        "constrained": constrained,
         **{k: v for k, v in case.items() if k != "fields"},
         **case["fields"],
         "params": sum(math.prod(v.shape) for v in {**setup.trainable, **setup.frozen}.values()),
@@ -154,7 +126,7 @@ def run_case(name: str, constrained: bool = False) -> dict:
     }
 
 
-def in_subprocess(name: str, constrained: bool) -> dict:
+def in_subprocess(name: str) -> dict:
     devices = CASES[name]["devices"]
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env = dict(
@@ -162,7 +134,7 @@ def in_subprocess(name: str, constrained: bool) -> dict:
         XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
     )
     proc = subprocess.run(
-        [sys.executable, __file__, "--case", name, *(["--constrain"] if constrained else [])],
+        [sys.executable, __file__, "--case", name],
         capture_output=True,
         text=True,
         env=env,
@@ -198,16 +170,13 @@ def main() -> int:
     parser.add_argument("--case", help="run one case in this process (prints one JSON line)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument(
-        "--constrain", action="store_true", help="with the activation-constraint prototype"
-    )
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.constrain)))
+        print(json.dumps(run_case(args.case)))
         return 0
     results = []
     for name in args.cases:  # one at a time: each large compile takes GBs of host memory
-        results.append(in_subprocess(name, args.constrain))
+        results.append(in_subprocess(name))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(markdown(results))
     if args.json:
