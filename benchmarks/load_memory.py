@@ -6,7 +6,7 @@ loader, each in its own fresh process.
 
 Rows: `baseline` (imports and the CPU backend, nothing loaded), `host`
 (`from_pretrained(name)`: the whole checkpoint in a host dict, then on the device),
-`sharded-1` (`from_pretrained(name, shardings=...)` onto one device) and `sharded-fsdp8`
+`sharded-1` (`streaming.from_pretrained(name, shardings)` onto one device) and `sharded-fsdp8`
 (onto 8 simulated CPU devices, params split over fsdp). On a CPU the devices' buffers
 are host memory too, so the floor of every row is one float32 copy of the model: what
 the sharded loader adds above it is the tensor being placed, not a second model.
@@ -43,7 +43,7 @@ def measure(model: str, row: str) -> dict:
     import numpy as np
 
     from ftjax import partition, sharding
-    from ftjax.models import from_pretrained
+    from ftjax.models import from_pretrained, streaming
 
     jax.devices()  # the backend's own memory belongs to the baseline
     before = current_rss_mb()
@@ -53,7 +53,7 @@ def measure(model: str, row: str) -> dict:
         _, params = from_pretrained(model)
     elif row in MESHES:
         mesh = sharding.make_mesh(MESHES[row])
-        _, params = from_pretrained(model, shardings=sharding.model_shardings(mesh))
+        _, params = streaming.from_pretrained(model, sharding.model_shardings(mesh))
     leaves = partition.flatten(params or {})
     jax.block_until_ready(leaves)
     return {
@@ -75,11 +75,11 @@ def check(model: str) -> int:
     import numpy as np
 
     from ftjax import partition, sharding
-    from ftjax.models import from_pretrained
+    from ftjax.models import from_pretrained, streaming
 
     _, host = from_pretrained(model)
     mesh = sharding.make_mesh({"data": 1})
-    _, sharded = from_pretrained(model, shardings=sharding.model_shardings(mesh))
+    _, sharded = streaming.from_pretrained(model, sharding.model_shardings(mesh))
     host, sharded = partition.flatten(host), partition.flatten(sharded)
     differ = [p for p in host if not np.array_equal(np.asarray(host[p]), np.asarray(sharded[p]))]
     print(f"{len(host)} params compared; {len(differ)} differ: {differ[:5]}")

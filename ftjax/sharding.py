@@ -130,7 +130,7 @@ def place(host: np.ndarray, target: NamedSharding) -> jax.Array:
 
 def model_shardings(mesh: Mesh) -> Callable[[Any], dict[str, NamedSharding]]:
     """model -> {flat path: NamedSharding} of its params by the rules: what
-    `models.from_pretrained(..., shardings=)` takes (the model exists only once the
+    `models.streaming.from_pretrained(name, shardings)` takes (the model exists only once the
     checkpoint's config is read)."""
 
     def shardings(model: Any) -> dict[str, NamedSharding]:

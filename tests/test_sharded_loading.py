@@ -1,4 +1,4 @@
-"""Sharded loading (`from_pretrained(..., shardings=)`, models/streaming.py): the same
+"""Sharded loading (`streaming.from_pretrained(name, shardings)`, models/streaming.py): the same
 params as the host path bit for bit, in the requested shardings, read tensor by tensor
 and shard by shard (a spy on the readers), host memory near one tensor (tracemalloc),
 new params born sharded, and the host path's errors word for word.
@@ -159,8 +159,8 @@ def report_case(source: Path, overrides: dict, mesh_name: str) -> dict:
     _, host = from_pretrained(source, **overrides)
     host = {p: np.asarray(v) for p, v in partition.flatten(host).items()}
     with Spy().watching() as spy:
-        model, params = from_pretrained(
-            source, shardings=sharding.model_shardings(mesh), **overrides
+        model, params = streaming.from_pretrained(
+            source, sharding.model_shardings(mesh), **overrides
         )
     params = partition.flatten(params)
     wanted = sharding.model_shardings(mesh)(model)
@@ -308,11 +308,11 @@ def test_host_memory_stays_near_one_tensor(tmp_path):
     def copying(shape, target, callback):
         return make_array(shape, target, lambda index: _unaligned(callback(index)))
 
-    from_pretrained(checkpoint, shardings=shardings)  # traces and caches outside the count
+    streaming.from_pretrained(checkpoint, shardings)  # traces and caches outside the count
     peaks = {}
     for kind, load in (
         ("host", lambda: from_pretrained(checkpoint)),
-        ("sharded", lambda: from_pretrained(checkpoint, shardings=shardings)),
+        ("sharded", lambda: streaming.from_pretrained(checkpoint, shardings)),
     ):
         tracemalloc.start()
         try:
@@ -332,9 +332,9 @@ def llama_checkpoint(tmp_path) -> Path:
 
 def host_and_sharded_errors(source: Path) -> tuple[str, str]:
     messages = []
-    for shardings in (None, one_device_shardings()):
+    for load in (from_pretrained, lambda s: streaming.from_pretrained(s, one_device_shardings())):
         with pytest.raises(CheckpointError) as err:
-            from_pretrained(source, shardings=shardings)
+            load(source)
         messages.append(str(err.value))
     return messages[0], messages[1]
 
@@ -372,7 +372,7 @@ def test_a_param_without_a_sharding_is_refused_naming_it(llama_checkpoint):
         return {p: s for p, s in one_device_shardings()(model).items() if "final_norm" not in p}
 
     with pytest.raises(ValueError, match="no sharding given for param.*final_norm"):
-        from_pretrained(llama_checkpoint, shardings=partial)
+        streaming.from_pretrained(llama_checkpoint, partial)
 
 
 def test_a_table_the_params_do_not_match_is_refused(llama_checkpoint):
@@ -382,7 +382,7 @@ def test_a_table_the_params_do_not_match_is_refused(llama_checkpoint):
     odd = dataclasses.replace(family, tensor_maps=lambda cfg: [*family.tensor_maps(cfg), stranger])
     with mock.patch.object(hub, "family_of", lambda model: odd):
         with pytest.raises(CheckpointError, match="names params LlamaModel does not have.*layer_9"):
-            from_pretrained(llama_checkpoint, shardings=one_device_shardings())
+            streaming.from_pretrained(llama_checkpoint, one_device_shardings())
 
 
 def test_pytorch_bin_is_read_whole_and_says_so(llama_checkpoint, tmp_path, caplog):
@@ -394,7 +394,7 @@ def test_pytorch_bin_is_read_whole_and_says_so(llama_checkpoint, tmp_path, caplo
     torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, binary / "pytorch_model.bin")
     _, host = from_pretrained(llama_checkpoint)
     with caplog.at_level("INFO", logger="ftjax.models"):
-        _, params = from_pretrained(binary, shardings=one_device_shardings())
+        _, params = streaming.from_pretrained(binary, one_device_shardings())
     assert "pytorch_model.bin has no random access" in caplog.text
     host, params = partition.flatten(host), partition.flatten(params)
     assert all(np.array_equal(np.asarray(host[p]), np.asarray(params[p])) for p in host)

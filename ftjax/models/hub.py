@@ -341,41 +341,27 @@ def _summarise(names: list[str], limit: int = 12) -> str:
     return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-# Where each param of a model goes: {path: sharding}, or a function of the model that
-# says so (the model exists only once the checkpoint's config is read).
-Shardings = Mapping[str, jax.sharding.Sharding] | Callable[[nn.Module], Mapping[str, Any]]
-
-
 def from_pretrained(
-    name_or_path: str | os.PathLike,
-    *,
-    dtype: str = "float32",
-    shardings: Shardings | None = None,
-    **config_overrides: Any,
+    name_or_path: str | os.PathLike, *, dtype: str = "float32", **config_overrides: Any
 ) -> tuple[nn.Module, Params]:
     """Loads a supported checkpoint: `model, params = from_pretrained("minilm")`.
 
     `dtype` is the compute dtype (params stay float32); other keyword arguments override
-    fields of the family's config (e.g. `hidden_dropout=0.0`). With `shardings` ({flat
-    param path: sharding}, or a function of the model giving them), params come back as
-    global arrays in those shardings, read tensor by tensor and shard by shard (and new
-    ones initialised sharded): the host never holds the whole model (`streaming.py`).
+    fields of the family's config (e.g. `hidden_dropout=0.0`). `streaming.from_pretrained`
+    loads the same straight into shardings, tensor by tensor.
     """
-    from ftjax.models import streaming  # it builds on this module
-
     checkpoint_dir = resolve_checkpoint_dir(name_or_path)
-    if shardings is None:
-        family, config, tensors = read_checkpoint(checkpoint_dir)
-    else:
-        family, config, tensors = streaming.open_checkpoint(checkpoint_dir)
+    family, config, tensors = read_checkpoint(checkpoint_dir)
+    model = checkpoint_model(family, config, tensors, dtype=dtype, **config_overrides)
+    return model, params_from_tensors(model, tensors, str(checkpoint_dir))
+
+
+def checkpoint_model(
+    family: Family, config: Any, tensors: Mapping[str, Any], **overrides: Any
+) -> nn.Module:
+    """The module a checkpoint's config and tensors describe, with config `overrides`."""
     config = family.fit_to_checkpoint(config, tensors)
-    config = override_config(config, dtype=dtype, **config_overrides)
-    model = family.module(config)
-    if shardings is None:
-        return model, params_from_tensors(model, tensors, str(checkpoint_dir))
-    wanted = shardings(model) if callable(shardings) else shardings
-    flat = streaming.load_params(model, tensors, wanted, str(checkpoint_dir))
-    return model, traverse_util.unflatten_dict(flat, sep="/")
+    return family.module(override_config(config, **overrides))
 
 
 def override_config(config: Any, **overrides: Any) -> Any:

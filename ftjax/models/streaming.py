@@ -1,6 +1,6 @@
 """Checkpoints read tensor by tensor straight into their shardings; params born sharded.
 
-`hub.from_pretrained(..., shardings=...)` lands here. Every parameter the family's tensor
+`from_pretrained(name, shardings)` (below) lands here. Every parameter the family's tensor
 table names becomes a global array through `jax.make_array_from_callback`: for each of
 this process's devices the callback reads only the slice of the checkpoint tensor that
 the device's shard holds (safetensors' `get_slice`; a GGUF file's memory-mapped rows,
@@ -260,3 +260,26 @@ def init_sharded(
 ) -> dict[str, jax.Array]:
     """Random params of a whole model (`hub.init_params`' values), born sharded."""
     return init_missing(model, {}, shardings, rng)
+
+
+# Where each param of a model goes: {path: sharding}, or a function of the model that
+# says so (the model exists only once the checkpoint's config is read).
+Shardings = Mapping[str, jax.sharding.Sharding] | Callable[[nn.Module], Mapping[str, Any]]
+
+
+def from_pretrained(
+    name_or_path: str | Path,
+    shardings: Shardings,
+    *,
+    dtype: str = "float32",
+    **config_overrides: Any,
+) -> tuple[nn.Module, dict]:
+    """`hub.from_pretrained` with params as global arrays in `shardings` ({flat param
+    path: sharding}, or a function of the model giving them), read tensor by tensor and
+    shard by shard (new ones initialised sharded): the host never holds the whole model."""
+    checkpoint_dir = hub.resolve_checkpoint_dir(name_or_path)
+    family, config, tensors = open_checkpoint(checkpoint_dir)
+    model = hub.checkpoint_model(family, config, tensors, dtype=dtype, **config_overrides)
+    wanted = shardings(model) if callable(shardings) else shardings
+    flat = load_params(model, tensors, wanted, str(checkpoint_dir))
+    return model, traverse_util.unflatten_dict(flat, sep="/")
