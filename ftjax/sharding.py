@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ftjax.models import hub
+from ftjax.models import hub, stacking
 from ftjax.models.layers import BATCH_MESH_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -136,7 +136,9 @@ def model_shardings(mesh: Mesh) -> Callable[[Any], dict[str, NamedSharding]]:
     def shardings(model: Any) -> dict[str, NamedSharding]:
         flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")  # noqa: E731
         shapes = flat(nn.unbox(hub.abstract_params(model, hub.family_of(model))))
-        axes = {path: tuple(spec) for path, spec in flat(hub.param_axes(model)).items()}
+        # The loader fills canonical (per-layer) params, whatever layout the steps use.
+        canonical = stacking.unscanned(model)
+        axes = {path: tuple(spec) for path, spec in flat(hub.param_axes(canonical)).items()}
         return param_shardings(axes, {p: s.shape for p, s in shapes.items()}, mesh)
 
     return shardings

@@ -229,3 +229,14 @@ def test_remat_lowers_the_compiled_steps_temporary_memory():
 
     scanned = variant(base, scan_layers=True)
     assert temp_bytes(variant(scanned, remat="full")) < 0.5 * temp_bytes(scanned)
+
+
+def test_loading_shardings_of_a_scanned_model_are_per_layer():
+    """The sharded loader fills canonical params: a scanned model asks for the same."""
+    from ftjax import sharding
+
+    model = tiny_model("llama")
+    mesh = sharding.make_mesh({"data": 1})
+    want = sharding.model_shardings(mesh)(model)
+    assert sharding.model_shardings(mesh)(variant(model, scan_layers=True)) == want
+    assert "decoder/layer_1/attention/query/kernel" in want
