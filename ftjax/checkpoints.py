@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ftjax import partition
@@ -26,13 +27,21 @@ class ResumeError(RuntimeError):
 
 
 def frozen_hash(frozen: dict[str, Any]) -> str:
-    """sha256 over the frozen params' paths, shapes, dtypes and bytes (host arrays)."""
+    """sha256 over the frozen params' paths, shapes, dtypes and bytes. Host or global
+    arrays: a sharded one is gathered one param at a time (from every process when it
+    spans several), so the host holds one tensor, not the model."""
     digest = hashlib.sha256()
     for path in sorted(frozen):
-        array = np.asarray(frozen[path])
+        array = _on_host(frozen[path])
         digest.update(f"{path}:{array.shape}:{array.dtype};".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def _on_host(value: Any) -> np.ndarray:
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
 
 
 def manager(

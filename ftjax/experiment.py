@@ -23,7 +23,7 @@ from ftjax.batching import Examples
 from ftjax.config import ConfigError, method_options, validate
 from ftjax.data import dataset_info, load_splits, stratified_sample
 from ftjax.loaders import FeatureLoader, TokenLoader
-from ftjax.models import from_pretrained, load_tokenizer, stacking
+from ftjax.models import load_tokenizer, stacking, streaming
 from ftjax.models.base import frozen_dtype
 from ftjax.models.hub import stack_depths
 from ftjax.optim import make_optimizer
@@ -39,7 +39,7 @@ class Experiment:
     mesh: jax.sharding.Mesh
     method: methods.Method
     task: tasks.Task
-    params: dict  # host params: backbone + head
+    params: dict  # canonical params, backbone (global arrays, sharded) + head
     mask: dict[str, bool]  # trainable params
     loader: TokenLoader | FeatureLoader
     tx: optax.GradientTransformation
@@ -70,14 +70,20 @@ def build(
     set_prng_impl(config.train.prng_impl)
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
-    model, params = from_pretrained(config.model.name, **model_overrides(config))
+    # Read tensor by tensor into the params' shardings: no host holds the whole model.
+    shardings = sharding.model_shardings(mesh)
+    model, params = streaming.from_pretrained(
+        config.model.name, shardings, **model_overrides(config)
+    )
     model = with_dropout(model, config.model.dropout)
     tokenizer = load_tokenizer(config.model.name)
     source = data_override or config.data.name
     task = tasks.make(config, tokenizer, dataset_info(config.data.name))
     model = task.prepare_model(model)
     method = methods.resolve(config.method.name, model, method_options(config.method))
-    model, params = methods.apply(method, model, params, rng=config.train.seed, tokenizer=tokenizer)
+    model, params = methods.apply(
+        method, model, params, rng=config.train.seed, tokenizer=tokenizer, shardings=shardings
+    )
     task.attach(model)
     check_positions(config, task)
     # Encoded before the head exists: a task may take its label set from the data.

@@ -218,10 +218,17 @@ def resolve(name: str, model: nn.Module, options: Mapping[str, Any] | None = Non
 
 
 def apply(
-    method: Method, model: nn.Module, params: dict, rng: int | jax.Array = 0, tokenizer=None
+    method: Method,
+    model: nn.Module,
+    params: dict,
+    rng: int | jax.Array = 0,
+    tokenizer=None,
+    shardings: Callable[[nn.Module], Mapping[str, jax.sharding.Sharding]] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Switches on the method's hooks; returns the new model and params (new parts random,
-    the soft prompt initialised as the method says; `init_from`: a PEFT adapter's)."""
+    the soft prompt initialised as the method says; `init_from`: a PEFT adapter's).
+    `shardings` (model -> {flat path: sharding}, e.g. `sharding.model_shardings(mesh)`):
+    the new parts are born in theirs."""
     if method.init_from:
         from ftjax import peft_format
 
@@ -229,7 +236,8 @@ def apply(
     config = dataclasses.replace(model.config, peft=method.peft)
     new_model = type(model)(config)
     _check_lora_rank(new_model, method.peft)
-    new_params = hub.complete_params(new_model, params, rng)
+    wanted = None if shardings is None else shardings(new_model)
+    new_params = hub.complete_params(new_model, params, rng, wanted)
     if method.peft.prompt_length and method.prompt_init != "random":
         new_params = init_prompt(new_model, new_params, method, rng, tokenizer)
     return new_model, new_params
@@ -259,7 +267,7 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
     """Soft prompt from sampled vocabulary rows or from the embeddings of a text."""
     family = hub.family_of(model)
     flat = partition.flatten(params)
-    table = np.asarray(flat[family.word_embeddings])
+    table = flat[family.word_embeddings]  # may be sharded: only the chosen rows are read
     length = method.peft.prompt_length
     key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
     if method.prompt_init == "vocab":
@@ -283,7 +291,7 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
         ids = np.resize(np.asarray(ids), length)  # repeat the text to fill the prompt
     prompt_paths = [p for p in flat if re.fullmatch(PROMPT_PATTERN, p)]
     for path in prompt_paths:
-        flat[path] = jnp.asarray(table[ids])
+        flat[path] = jnp.take(jnp.asarray(table), jnp.asarray(ids), axis=0)
     return partition.unflatten(flat)
 
 

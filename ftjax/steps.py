@@ -8,6 +8,7 @@ the train step differentiates `task.loss`, the eval step runs `task.eval_outputs
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -85,16 +86,36 @@ class Steps:
     def step_flops(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
         """FLOPs of one train step over the whole batch, all devices together (once per
         batch shape). The compiled executable's cost analysis is per device (after
-        partitioning) and counts a gradient-accumulation scan's body once, so the step is
-        lowered (not compiled) without mesh or micro-batches: the same arithmetic, whole."""
+        partitioning) and counts a loop's body once (a gradient-accumulation scan, a
+        scanned layer stack), so the step is lowered (not compiled) without mesh or
+        micro-batches, a scanned model through its unrolled twin: the same arithmetic,
+        whole."""
         key = shape_key(batch)
         if key not in self.flops:
-            whole = jax.jit(make_train_step(self.exp.task.loss, self.exp.tx, 1, self.layer_masks))
+            task, whole_state, layer_masks = self._unrolled(state)
+            whole = jax.jit(make_train_step(task.loss, self.exp.tx, 1, layer_masks))
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
-            cost = whole.lower(state, abstract, rng).cost_analysis()
+            cost = whole.lower(whole_state, abstract, rng).cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             self.flops[key] = float((cost or {}).get("flops", 0.0))
         return self.flops[key]
+
+    def _unrolled(self, state: TrainState) -> tuple[Any, TrainState, dict]:
+        """(task, abstract state, per-layer masks) of the same step with its layers
+        unrolled: for a scanned model a twin of the task on the unscanned model and the
+        state's params at their canonical paths; else the experiment's own."""
+        model = self.exp.task.model
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
+        if not stacking.is_scanned(model):
+            return self.exp.task, abstract, self.layer_masks
+        stacks = stack_depths(model)
+        stored = {**abstract.trainable, **abstract.frozen}
+        flat = jax.eval_shape(lambda f: stacking.to_canonical(model, stacks, f), stored)
+        trainable, frozen = partition.split(flat, self.exp.mask)
+        twin = copy.copy(self.exp.task)
+        twin.model = stacking.unscanned(model)
+        opt_state = jax.eval_shape(self.exp.tx.init, trainable)
+        return twin, TrainState(abstract.step, trainable, frozen, opt_state), {}
 
     def train(self, state: TrainState, batch: dict, rng: jax.Array):
         self.compile_train(state, batch, rng)

@@ -24,6 +24,7 @@ from ftjax.models.base import PeftConfig
 from ftjax.models.hub import stack_depths
 from ftjax.optim import with_state_dtype
 from ftjax.state import canonical_params, initial_state
+from ftjax.steps import Steps
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config, tiny_model
 
 FAMILIES = ("bert", "gpt2", "llama", "t5")
@@ -205,6 +206,22 @@ def test_optimizer_state_dtype_changes_storage_not_the_update():
         want, state = plain.update(grads, state, params)
         got, small = halved.update(grads, small, params)
     np.testing.assert_allclose(got["w"], want["w"], rtol=2e-2)
+
+
+def test_a_scanned_steps_flops_count_every_layer(tmp_path):
+    """MFU's numerator: XLA's cost analysis counts a loop's body once, so a scanned run
+    counts its step through the unrolled twin, the same FLOPs as the unrolled run."""
+    model, data = make_checkpoint(tmp_path / "m", "gpt2"), make_dataset(tmp_path / "d")
+    flops = {}
+    for scanned in (False, True):
+        config = tiny_config(model, data, method="lora", epochs=1)
+        config.model.scan_layers = scanned
+        exp = build(config)
+        state, shardings = initial_state(exp)
+        batch = next(iter(exp.loader.train_batches(0, 0)))
+        flops[scanned] = Steps(exp, shardings).step_flops(state, batch, jax.random.key(0))
+    assert flops[False] > 0
+    assert flops[True] == pytest.approx(flops[False], rel=1e-9)
 
 
 def test_remat_lowers_the_compiled_steps_temporary_memory():

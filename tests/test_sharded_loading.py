@@ -195,9 +195,9 @@ def report_random_init(root: Path) -> dict:
     model = tiny_model("llama")
     model = LlamaModel(dataclasses.replace(model.config, vocab_size=1024, hidden_size=64))
     wanted = sharding.model_shardings(mesh)(model)
-    params = streaming.init_sharded(model, wanted, 3)
+    params = partition.flatten(hub.complete_params(model, {}, 3, wanted))
     host = partition.flatten(init_params(model, 3))
-    _, fill = streaming.initialiser(model, (), wanted)
+    _, fill = hub.initialiser(model, (), wanted)
     memory = fill.lower({}, jax.random.PRNGKey(3)).compile().memory_analysis()
     return {
         "differ": [p for p in host if not np.array_equal(host[p], np.asarray(params[p]))],
@@ -205,6 +205,55 @@ def report_random_init(root: Path) -> dict:
         "model_bytes": sum(v.nbytes for v in host.values()),
         "device_bytes": memory.output_size_in_bytes + memory.temp_size_in_bytes,
     }
+
+
+def report_run(root: Path) -> dict:
+    """A LoRA run on fsdp=8, unrolled and scanned: `experiment.build` loads through the
+    sharded path only (a spy on the host path's loader), its params in the rules'
+    shardings; `initial_state` reuses the frozen params' device buffers (unrolled: the
+    stored layout is the loaded one) and one train step runs."""
+    from ftjax.experiment import build
+    from ftjax.state import initial_state
+    from ftjax.steps import Steps
+    from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
+
+    model_dir = make_checkpoint(root / "run-model", "llama")
+    data = make_dataset(root / "run-data", (("train", 16), ("validation", 8), ("test", 8)))
+    host_loads = []
+    real = hub.params_from_tensors
+
+    def host_path(*args, **kwargs):
+        host_loads.append(args[2])
+        return real(*args, **kwargs)
+
+    out = {}
+    for layout in ("unrolled", "scanned"):
+        config = tiny_config(model_dir, data, method="lora")
+        config.mesh.update(data=1, fsdp=8)
+        config.model.update(scan_layers=layout == "scanned", dropout=0.0)
+        with mock.patch.object(hub, "params_from_tensors", host_path):
+            exp = build(config)
+        params = partition.flatten(exp.params)
+        wanted = sharding.model_shardings(exp.mesh)(exp.task.model)
+        frozen = [p for p in wanted if not exp.mask[p]]
+        buffers = {p: params[p].addressable_shards[0].data.unsafe_buffer_pointer() for p in frozen}
+        state, shardings = initial_state(exp)
+        reused = sum(
+            state.frozen[p].addressable_shards[0].data.unsafe_buffer_pointer() == buffers[p]
+            for p in frozen
+            if p in state.frozen
+        )
+        batch = next(iter(exp.loader.train_batches(0, 0)))
+        _, metrics = Steps(exp, shardings).train(state, batch, jax.random.key(0))
+        out[layout] = {
+            "wrong_sharding": [p for p in wanted if params[p].sharding != wanted[p]],
+            "split": sum(not wanted[p].is_fully_replicated for p in wanted),
+            "reused": reused,
+            "frozen": len(frozen),
+            "loss": float(metrics["loss"]),
+        }
+    out["host_loads"] = host_loads
+    return out
 
 
 def main(root: Path) -> None:
@@ -215,6 +264,7 @@ def main(root: Path) -> None:
         for mesh in MESHES
     }
     report["random"] = report_random_init(root)
+    report["run"] = report_run(root)
     print(json.dumps(report))
 
 
@@ -275,6 +325,16 @@ def test_random_params_are_born_sharded(report):
     assert random["differ"] == [] and random["wrong_sharding"] == []
     # One device's outputs and temporaries while initialising: far from a full replica.
     assert random["device_bytes"] < random["model_bytes"] / 2, random
+
+
+def test_a_run_loads_sharded_and_builds_its_state_in_place(report):
+    run = report["run"]
+    assert run["host_loads"] == []  # experiment.build never took the host path
+    for layout in ("unrolled", "scanned"):
+        assert run[layout]["wrong_sharding"] == [] and run[layout]["split"] > 0, layout
+    # Unrolled, float32: every frozen param's device buffer becomes the state's, no copy.
+    assert run["unrolled"]["reused"] == run["unrolled"]["frozen"] > 0
+    np.testing.assert_allclose(run["scanned"]["loss"], run["unrolled"]["loss"], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- in this process

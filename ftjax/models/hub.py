@@ -309,31 +309,59 @@ def params_from_tensors(
     return complete_params(model, params, rng)
 
 
-def complete_params(model: nn.Module, params: Params, rng: int | jax.Array = 0) -> Params:
+def initialiser(
+    model: nn.Module, have: Collection[str], shardings: Mapping[str, Any] | None = None
+) -> tuple[list[str], Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]]:
+    """(the canonical paths of `model`'s params not in `have`, a jit (flat params, key) ->
+    {path: random value} for just those). Applying with a mutable "params" collection
+    creates only the missing params (their values depend on the key and their path alone),
+    so XLA compiles no random-number code for the pretrained ones and copies none of them;
+    with `shardings` ({path: sharding}) the new ones are born in theirs, no device holding
+    a full replica."""
+    family = family_of(model)
+    new = [
+        path
+        for path in traverse_util.flatten_dict(nn.unbox(abstract_params(model, family)), sep="/")
+        if path not in have
+    ]
+    dummy = family.dummy_inputs(model.config)
+    canonical = stacking.unscanned(model)
+
+    def fill(params: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        _, variables = canonical.apply(
+            {"params": traverse_util.unflatten_dict(params, sep="/")},
+            **dummy,
+            mutable=["params"],
+            rngs={"params": key},
+        )
+        created = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
+        return {path: created[path] for path in new}
+
+    if shardings is None:
+        return new, jax.jit(fill)
+    return new, jax.jit(fill, out_shardings={path: shardings[path] for path in new})
+
+
+def complete_params(
+    model: nn.Module,
+    params: Params,
+    rng: int | jax.Array = 0,
+    shardings: Mapping[str, Any] | None = None,
+) -> Params:
     """`params` plus random values for every parameter of `model` they lack (a task head,
-    method parameters), listed in a log line: nothing is initialised silently."""
-    expected = traverse_util.flatten_dict(
-        nn.unbox(abstract_params(model, family_of(model))), sep="/"
-    )
-    have = traverse_util.flatten_dict(dict(params), sep="/")
-    new = [path for path in expected if path not in have]
+    method parameters), listed in a log line: nothing is initialised silently. With
+    `shardings` ({flat path: sharding}) the new ones are born sharded (`initialiser`)."""
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    new, fill = initialiser(model, flat, shardings)
     if not new:
         return params
-    log.info("initialised at random (new by design, not in the checkpoint): %s", _summarise(new))
-    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
-    dummy = family_of(model).dummy_inputs(model.config)
-    model = stacking.unscanned(model)
-
-    # Applying with a mutable "params" collection creates only the missing params, so
-    # XLA compiles no random-number code for the (many, large) pretrained ones.
-    @jax.jit
-    def fill(params, key):
-        _, variables = model.apply(
-            {"params": params}, **dummy, mutable=["params"], rngs={"params": key}
-        )
-        return nn.unbox(variables["params"])
-
-    return fill(params, rng)
+    log.info(
+        "initialised at random%s (new by design, not in the checkpoint): %s",
+        ", sharded" if shardings is not None else "",
+        _summarise(new),
+    )
+    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    return traverse_util.unflatten_dict({**flat, **fill(flat, key)}, sep="/")
 
 
 def _summarise(names: list[str], limit: int = 12) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -59,9 +59,16 @@ def storage_path(path: str, stacks: Stacks) -> str:
     return path if parts is None else f"{parts[0]}/{STACKED}/{parts[2]}"
 
 
-def to_storage(model: nn.Module, stacks: Stacks, flat: Flat) -> dict[str, Any]:
+def to_storage(
+    model: nn.Module,
+    stacks: Stacks,
+    flat: Flat,
+    stack: Callable[[str, list[Any]], Any] | None = None,
+) -> dict[str, Any]:
     """Canonical flat params -> the flat params `model` applies (stacked when scanned).
-    Layers lacking a LoRA factor (targets on some layers only) get inert zeros."""
+    Layers lacking a LoRA factor (targets on some layers only) get inert zeros.
+    `stack(path, layers)` builds a stacked leaf from its layers' values in order (default:
+    `np.stack` on the host; the train state stacks global arrays on their devices)."""
     if not is_scanned(model):
         return dict(flat)
     out: dict[str, Any] = {}
@@ -77,8 +84,13 @@ def to_storage(model: nn.Module, stacks: Stacks, flat: Flat) -> dict[str, Any]:
         missing = [i for i in range(depth) if i not in by_layer]
         if missing and path.rsplit("/", 1)[-1] not in INERT_HOLES:
             raise ValueError(f"scanned stack: param {path} is missing in layers {missing}")
-        like = np.zeros_like(np.asarray(next(iter(by_layer.values()))))
-        out[path] = np.stack([np.asarray(by_layer.get(i, like)) for i in range(depth)])
+        like = next(iter(by_layer.values()))
+        hole = np.zeros(np.shape(like), like.dtype)  # a LoRA factor: small
+        layers = [by_layer.get(i, hole) for i in range(depth)]
+        if stack is None:
+            out[path] = np.stack([np.asarray(x) for x in layers])
+        else:
+            out[path] = stack(path, layers)
     return out
 
 

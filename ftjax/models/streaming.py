@@ -9,7 +9,8 @@ same `TensorMap` arithmetic as the host path (`hub.param_slice`). One parameter 
 at a time, so host memory peaks near one tensor (the distinct shards of the one being
 placed), never the whole model. The parameters the table does not name (a task head,
 LoRA factors, every param of a random model) come out of one jit whose out_shardings are
-theirs (`init_missing`): no device holds a full replica of them either.
+theirs (`hub.complete_params` with shardings): no device holds a full replica of them
+either.
 
 `pytorch_model.bin` is a pickle without random access: it is read whole (a log line says
 so) and then placed the same way.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ def load_params(
 ) -> dict[str, jax.Array]:
     """{flat param path: global array in `shardings[path]`} for every param of `model`:
     the checkpoint's tensors read shard by shard, one parameter at a time; the params the
-    tensor table does not name initialised sharded (`init_missing`). A missing or
+    tensor table does not name initialised sharded (`hub.complete_params`). A missing or
     misshapen tensor is refused, naming it and the param, before any tensor is read."""
     expected = _abstract(model)
     lacking = sorted(set(expected) - set(shardings))
@@ -195,8 +196,9 @@ def load_params(
         for path, m in sorted(mapped.items(), key=lambda item: order[item[1].hf_name])
     }
     hub.log_unused(source, model, tensors, {m.hf_name for m in mapped.values()})
-    params = {**loaded, **init_missing(model, loaded, shardings, rng)}
-    return {path: params[path] for path in expected}
+    nested = traverse_util.unflatten_dict(loaded, sep="/")
+    flat = traverse_util.flatten_dict(hub.complete_params(model, nested, rng, shardings), sep="/")
+    return {path: flat[path] for path in expected}
 
 
 def _place(
@@ -213,53 +215,6 @@ def _place(
         return shards[key]
 
     return jax.make_array_from_callback(aval.shape, sharding, shard)
-
-
-def init_missing(
-    model: nn.Module,
-    params: Mapping[str, jax.Array],
-    shardings: Mapping[str, jax.sharding.Sharding],
-    rng: int | jax.Array = 0,
-) -> dict[str, jax.Array]:
-    """Random values for every param of `model` that `params` ({flat path: array}) lacks,
-    born in their `shardings` (`initialiser`), listed in a log line."""
-    new, fill = initialiser(model, params, shardings)
-    if not new:
-        return {}
-    log.info("initialised at random, sharded (new by design): %s", hub._summarise(new))
-    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
-    return fill(dict(params), key)
-
-
-def initialiser(
-    model: nn.Module, have: Collection[str], shardings: Mapping[str, jax.sharding.Sharding]
-) -> tuple[list[str], Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]]:
-    """(the paths of `model`'s params not in `have`, a jit (params, key) -> {path: random
-    value} for them with their shardings as out_shardings). As in `hub.complete_params`, a
-    mutable apply creates only the missing params (the same values, given the same key);
-    only those are outputs, so the params passed in are not copied."""
-    family = hub.family_of(model)
-    new = [path for path in _abstract(model) if path not in have]
-    dummy = family.dummy_inputs(model.config)
-
-    def fill(params: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
-        _, variables = model.apply(
-            {"params": traverse_util.unflatten_dict(params, sep="/")},
-            **dummy,
-            mutable=["params"],
-            rngs={"params": key},
-        )
-        created = traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
-        return {path: created[path] for path in new}
-
-    return new, jax.jit(fill, out_shardings={path: shardings[path] for path in new})
-
-
-def init_sharded(
-    model: nn.Module, shardings: Mapping[str, jax.sharding.Sharding], rng: int | jax.Array = 0
-) -> dict[str, jax.Array]:
-    """Random params of a whole model (`hub.init_params`' values), born sharded."""
-    return init_missing(model, {}, shardings, rng)
 
 
 # Where each param of a model goes: {path: sharding}, or a function of the model that

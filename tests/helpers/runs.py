@@ -115,7 +115,7 @@ def check_every_method(tmp_path, checkpoints, config_name, family=None):
             continue
         exp = build(config)
         state, shardings = initial_state(exp)
-        before = partition.flatten(exp.params)
+        before = {p: np.asarray(v) for p, v in partition.flatten(state.params).items()}
         steps = Steps(exp, shardings)
         # Two steps: an adapter's down-projection has no gradient until `up` leaves zero.
         batches = [b for epoch in (0, 1) for b in exp.loader.train_batches(epoch, 0)]
