@@ -212,7 +212,8 @@ class BertModel(nn.Module):
     the first slot ([CLS], or with a soft prompt the prompt's first slot, which is what
     PEFT's BertForSequenceClassification classifies) and (optionally) masked-LM logits.
     A prefix or prompt of length P moves the real tokens' positions by P
-    (`default_position_ids`)."""
+    (`default_position_ids`). `logit_positions` [batch, k]: MLM logits only there
+    ([batch, k, vocab], `layers.at_positions`)."""
 
     config: BertConfig
 
@@ -227,6 +228,7 @@ class BertModel(nn.Module):
         segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        logit_positions: jax.Array | None = None,
     ) -> ModelOutput:
         cfg = self.config
         if attention_mask is None:
@@ -262,7 +264,8 @@ class BertModel(nn.Module):
         logits = None
         if cfg.with_mlm_head:
             table = nn.unbox(embeddings.variables["params"]["word_embeddings"]["embedding"])
-            logits = MlmHead(cfg, name="mlm_head")(states[-1], table)
+            read = layers.at_positions(states[-1], logit_positions)
+            logits = MlmHead(cfg, name="mlm_head")(read, table)
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,

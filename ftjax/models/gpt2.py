@@ -164,6 +164,9 @@ class GPT2Model(nn.Module):
     `decode="prefill"` or `"step"` runs with a key/value cache (`ftjax.generation`): the
     attention mask then spans the whole cache and position ids are required; a soft
     prompt enters the cache at prefill only.
+
+    `logit_positions` [batch, k] (indices into each row of the output): logits only
+    there, [batch, k, vocab] (`layers.at_positions`); the default is every position.
     """
 
     config: GPT2Config
@@ -179,6 +182,7 @@ class GPT2Model(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         decode: str = "",
+        logit_positions: jax.Array | None = None,
     ) -> ModelOutput:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         if attention_mask is None:
@@ -215,7 +219,7 @@ class GPT2Model(nn.Module):
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,
-            logits=wte.attend(states[-1]),
+            logits=wte.attend(layers.at_positions(states[-1], logit_positions)),
         )
 
 

@@ -56,6 +56,17 @@ LORA, ADAPTER, PREFIX_SITES, KV_PAIR, PREFIX = (
 NO_PEFT = PeftConfig()
 
 
+def at_positions(states: Array, positions: Array | None) -> Array:
+    """`states` [batch, length, ...] at `positions` [batch, k] (indices into each row),
+    [batch, k, ...]; all of them when `positions` is None. What an LM head reads when its
+    caller names the positions whose logits it needs (`logit_positions`): the head's
+    vocabulary-wide matmul then runs on k rows, not on every position."""
+    if positions is None:
+        return states
+    index = positions.reshape(*positions.shape, *(1,) * (states.ndim - 2))
+    return jnp.take_along_axis(states, index.astype(jnp.int32), axis=1)
+
+
 # Mesh axes the batch is split over (`ftjax.sharding` reads them from here).
 BATCH_MESH_AXES = ("data", "fsdp")
 

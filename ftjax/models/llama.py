@@ -157,7 +157,8 @@ class LlamaModel(nn.Module):
     length P takes positions 0..P-1 (prompt slots rotate by them, prefix keys are stored
     unrotated, as in PEFT's key/value cache) and real tokens rotate by P + their index.
     `decode="prefill"` / `"step"` runs with a key/value cache (`ftjax.generation`);
-    the prompt enters the cache at prefill only.
+    the prompt enters the cache at prefill only. `logit_positions` [batch, k]: logits
+    only there ([batch, k, vocab], `layers.at_positions`).
     """
 
     config: LlamaConfig
@@ -173,6 +174,7 @@ class LlamaModel(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         decode: str = "",
+        logit_positions: jax.Array | None = None,
     ) -> ModelOutput:
         cfg, dtype = self.config, dtype_of(self.config.dtype)
         if attention_mask is None:
@@ -197,14 +199,15 @@ class LlamaModel(nn.Module):
             x, mask, (positions, inv_freq), deterministic, output_hidden_states
         )
         states = [s[:, prompted:] for s in states]  # outputs align with inputs
+        read = layers.at_positions(states[-1], logit_positions)
         if cfg.tie_word_embeddings:
-            logits = embed.attend(states[-1])
+            logits = embed.attend(read)
         else:
             head = layers.Dense(
                 cfg.vocab_size, (layers.EMBED, layers.VOCAB), use_bias=False, dtype=dtype,
                 name="lm_head",
             )  # fmt: skip
-            logits = head(states[-1])
+            logits = head(read)
         return ModelOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states) if output_hidden_states else None,
