@@ -293,6 +293,7 @@ class T5Model(nn.Module):
 
     Without `decoder_input_ids` only the encoder runs (features for probes and
     classifiers); `encode` / `decode` split the two halves for generation and scoring.
+    `logit_positions` [batch, k] index the decoder's rows: logits only there.
     """
 
     config: T5Config
@@ -363,8 +364,11 @@ class T5Model(nn.Module):
         *,
         deterministic=True,
         keep_states=True,
+        logit_positions: jax.Array | None = None,
     ) -> tuple[list, jax.Array]:
-        """Decoder states and LM logits; `attention_mask` is the one `encode` returned."""
+        """Decoder states and LM logits; `attention_mask` is the one `encode` returned.
+        `logit_positions` [batch, k] (indices into each decoder row): logits only there,
+        [batch, k, vocab] (`layers.at_positions`, before the vocabulary matmul)."""
         if decoder_attention_mask is None:
             decoder_attention_mask = jnp.ones_like(decoder_input_ids)
         states = self.decoder(
@@ -376,7 +380,7 @@ class T5Model(nn.Module):
             deterministic,
             keep_states,
         )
-        out = states[-1]
+        out = layers.at_positions(states[-1], logit_positions)
         if self.config.tie_word_embeddings:
             if self.config.scale_decoder_outputs:
                 out = out * self.config.hidden_size**-0.5
@@ -392,6 +396,7 @@ class T5Model(nn.Module):
         *,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        logit_positions: jax.Array | None = None,
     ) -> ModelOutput:
         encoder_states, encoder_mask = self.encode(
             input_ids, attention_mask, deterministic=deterministic, keep_states=output_hidden_states
@@ -414,6 +419,7 @@ class T5Model(nn.Module):
             decoder_attention_mask,
             deterministic=deterministic,
             keep_states=output_hidden_states,
+            logit_positions=logit_positions,
         )
         return ModelOutput(
             last_hidden_state=states[-1],
