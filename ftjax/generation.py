@@ -45,15 +45,18 @@ class CausalDecoder:
         self.model, self.max_new_tokens = model, max_new_tokens
 
     def _apply(self, params, cache, ids, mask, positions, phase):
+        """Logits of each row's last position only (left padding: the last real token)."""
+        last = jnp.full((ids.shape[0], 1), ids.shape[1] - 1, jnp.int32)
         out, variables = self.model.apply(
             {"params": params, "cache": cache},
             ids,
             mask,
             positions,
             decode=phase,
+            logit_positions=last,
             mutable=["cache"],
         )
-        return out.logits, variables["cache"]
+        return out.logits[:, 0], variables["cache"]
 
     def start(self, params, ids: Array, mask: Array) -> tuple[Array, dict]:
         batch, length = ids.shape
@@ -67,14 +70,14 @@ class CausalDecoder:
         )
         logits, cache = self._apply(params, cache, ids, full, positions, "prefill")
         state = {"cache": cache, "mask": full, "next_position": mask.sum(1).astype(jnp.int32)}
-        return logits[:, -1], state
+        return logits, state
 
     def step(self, params, tokens: Array, state: dict, t: Array) -> tuple[Array, dict]:
         positions = (state["next_position"] + t)[:, None]
         logits, cache = self._apply(
             params, state["cache"], tokens[:, None], state["mask"], positions, "step"
         )
-        return logits[:, 0], {**state, "cache": cache}
+        return logits, {**state, "cache": cache}
 
 
 class EncoderDecoder:
