@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models import hub
+from ftjax.models.base import STACKED
 
 Array = jax.Array
 STRATEGIES = ("greedy", "beam", "sample")
@@ -81,46 +82,55 @@ class CausalDecoder:
 
 
 class EncoderDecoder:
-    """T5: encode once; the decoder's self-attention is cached, cross-attention reads
-    the encoder states kept in the decoding state."""
+    """T5: encode once; the decoder's self-attention is cached, and so (`cache_context`)
+    are its cross-attention keys/values, projected from the encoder states at `start`
+    and read back at every step. Without `cache_context` the state keeps the encoder
+    states and every step projects the whole source again in every layer."""
 
-    def __init__(self, model: nn.Module, max_new_tokens: int):
+    def __init__(self, model: nn.Module, max_new_tokens: int, cache_context: bool = True):
         self.model, self.max_new_tokens = model, max_new_tokens
+        self.cache_context = cache_context
 
-    def _decode(self, params, cache, tokens, state):
+    def _decode(self, params, cache, tokens, state, encoded=None):
+        """`encoded` None: the encoder states the state keeps, or the cache's keys/values."""
         (_, logits), variables = self.model.apply(
             {"params": params, "cache": cache},
             tokens,
-            state["encoded"],
+            state.get("encoded") if encoded is None else encoded,
             state["encoder_mask"],
             state["mask"],
             method="decode",
+            cache_context=self.cache_context,
             mutable=["cache"],
         )
         return logits[:, 0], variables["cache"]
 
     def start(self, params, ids: Array, mask: Array) -> tuple[Array, dict]:
-        states, encoder_mask = self.model.apply({"params": params}, ids, mask, method="encode")
-        batch = ids.shape[0]
+        states, encoder_mask = self.model.apply(
+            {"params": params}, ids, mask, keep_states=False, method="encode"
+        )
+        encoded, batch = states[-1], ids.shape[0]
         state = {
-            "encoded": states[-1],
             "encoder_mask": encoder_mask,
             "mask": jnp.ones((batch, self.max_new_tokens), jnp.int32),
         }
+        if not self.cache_context:
+            state["encoded"] = encoded
         dummy = jnp.zeros((batch, self.max_new_tokens), jnp.int32)
         cache = init_cache(
             lambda: self.model.apply(
                 {"params": params},
                 dummy,
-                state["encoded"],
+                encoded,
                 encoder_mask,
                 state["mask"],
                 method="decode",
+                cache_context=self.cache_context,
                 mutable=["cache"],
             )
         )
         first = jnp.full((batch, 1), self.model.config.decoder_start_token_id, jnp.int32)
-        logits, state["cache"] = self._decode(params, cache, first, state)
+        logits, state["cache"] = self._decode(params, cache, first, state, encoded)
         return logits, state
 
     def step(self, params, tokens: Array, state: dict, t: Array) -> tuple[Array, dict]:
@@ -128,18 +138,35 @@ class EncoderDecoder:
         return logits, {**state, "cache": cache}
 
 
-def decoder_for(model: nn.Module, max_new_tokens: int) -> CausalDecoder | EncoderDecoder:
+def decoder_for(
+    model: nn.Module, max_new_tokens: int, cache_context: bool = True
+) -> CausalDecoder | EncoderDecoder:
     family = hub.family_of(model)
     if len(family.stacks(model.config)) == 2:
-        return EncoderDecoder(model, max_new_tokens)
+        return EncoderDecoder(model, max_new_tokens, cache_context)
     if family.causal:
         return CausalDecoder(model, max_new_tokens)
     raise ValueError(f"{type(model).__name__} cannot generate: it has no decoder")
 
 
-def _rows(tree, index: Array):
-    """Takes rows `index` of every batched leaf (cache indices are scalars: kept)."""
-    return jax.tree.map(lambda x: x[index] if x.ndim else x, tree)
+# Cache leaves that hold one source's values: equal in every beam of a row.
+PER_SOURCE = ("context_key", "context_value")
+
+
+def _rows(tree, index: Array, reorder: bool = False):
+    """Takes rows `index` of every batched leaf (cache indices are scalars: kept). A
+    scanned stack's cache leaves (under `layers`) have the layer axis first, the rows
+    second. `reorder`: `index` only permutes beams within each row, so the per-source
+    leaves are left as they are (the same values, no copy)."""
+
+    def take(path, x):
+        names = [getattr(key, "key", None) for key in path]
+        if reorder and names[-1] in PER_SOURCE:
+            return x
+        axis = 1 if STACKED in names else 0
+        return jnp.take(x, index, axis=axis) if x.ndim > axis else x
+
+    return jax.tree_util.tree_map_with_path(take, tree)
 
 
 # ------------------------------------------------------------------ token choice
@@ -275,7 +302,7 @@ def _beam_search(decoder, params, ids, mask, *, beams, length_penalty, eos, pad)
     def advance(c):
         c = choose(c)
         c = {**c, "improvable": still_improvable(c)}
-        state = _rows(c["state"], c["origin"])
+        state = _rows(c["state"], c["origin"], reorder=True)
         tokens = c["running"][:, :, c["t"]].reshape(-1)
         logits, state = decoder.step(params, tokens, state, c["t"])
         return {**c, "logits": logits, "state": state, "t": c["t"] + 1}
@@ -303,14 +330,17 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     rng: Array | None = None,
+    cache_context: bool = True,
 ) -> Array:
     """[batch, max_new_tokens] generated token ids: EOS included where reached, then
-    `pad_token_id`. Decoder-only prompts must be padded on the left."""
+    `pad_token_id`. Decoder-only prompts must be padded on the left. `cache_context`
+    (T5): cross-attention keys/values projected once per source; False projects them at
+    every step (the reference the cache is tested and timed against)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"decoding strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    decoder = decoder_for(model, max_new_tokens)
+    decoder = decoder_for(model, max_new_tokens, cache_context)
     if strategy == "beam":
         return _beam_search(
             decoder,

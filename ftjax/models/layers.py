@@ -345,12 +345,14 @@ class Attention(nn.Module):
         prefix: Array | None = None,
         rotary: tuple[Array, Array] | None = None,
         deterministic: bool = True,
+        cache_context: bool = False,
     ) -> Array:
         """`prefix` [2, P, kv_heads, head_dim]: keys and values every query may attend to,
         placed before the real keys (prefix tuning); they carry no position (bias or
         rotation). `rotary` (positions [batch, q], inverse frequencies): rotary position
-        embeddings applied to this call's queries and keys (`ftjax.models.rope`)."""
-        context = x if context is None else context
+        embeddings applied to this call's queries and keys (`ftjax.models.rope`).
+        `cache_context` (cross-attention): keys and values of `context` computed once per
+        source, see `_context_cached`."""
         inner = self.num_heads * self.head_dim
         kv_heads = self.num_kv_heads or self.num_heads
 
@@ -364,7 +366,11 @@ class Attention(nn.Module):
             return out.reshape(*source.shape[:-1], heads, self.head_dim)
 
         q = project("query", x, self.num_heads)
-        k, v = project("key", context, kv_heads), project("value", context, kv_heads)
+        if cache_context:
+            k, v = self._context_cached(context, lambda name: project(name, context, kv_heads))
+        else:
+            context = x if context is None else context
+            k, v = project("key", context, kv_heads), project("value", context, kv_heads)
         if rotary is not None:
             q, k = rope.rotate(q, *rotary), rope.rotate(k, *rotary)
         if self.causal:
@@ -389,6 +395,26 @@ class Attention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
         out = out.astype(self.dtype).reshape(*x.shape[:-1], inner)
         return dense(x.shape[-1], (JOINED_HEADS, EMBED), "output")(out, deterministic)
+
+    def _context_cached(
+        self, context: Array | None, project: Callable[[str], Array]
+    ) -> tuple[Array, Array]:
+        """Cross-attention keys/values of a source that stays the same over a decoding:
+        with a mutable "cache", a call given `context` writes them there, and a call
+        without (`context=None`, the decoding steps) reads them back, so the source is
+        projected once, not at every step."""
+        if context is not None:
+            k, v = project("key"), project("value")
+            if self.is_mutable_collection("cache"):
+                self.put_variable("cache", "context_key", k)
+                self.put_variable("cache", "context_value", v)
+            return k, v
+        if not self.has_variable("cache", "context_key"):
+            raise ValueError(
+                f"{'/'.join(self.path)}: cross-attention without a context reads its keys and "
+                "values from the cache, which holds none (decode once with the context first)"
+            )
+        return tuple(self.get_variable("cache", f"context_{kind}") for kind in ("key", "value"))
 
     def _cached(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
         """Writes this call's keys/values at the cache's next slots and returns the whole

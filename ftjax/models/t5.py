@@ -167,10 +167,12 @@ class RelativeBias(nn.Module):
 
 
 class T5Layer(nn.Module):
-    """One encoder layer, or (with `context`) one decoder layer with cross-attention."""
+    """One encoder layer, or (with `context`) one decoder layer with cross-attention;
+    `cache_context`: its keys/values cached per source (`layers.Attention`)."""
 
     config: T5Config
     is_decoder: bool = False
+    cache_context: bool = False
 
     @nn.compact
     def __call__(self, x, shared, prefix, deterministic: bool):
@@ -216,6 +218,7 @@ class T5Layer(nn.Module):
                 context=context,
                 prefix=cross_prefix,
                 deterministic=deterministic,
+                cache_context=self.cache_context,
             )
             x = residual(x, h)
         h = layers.FeedForward(
@@ -253,6 +256,7 @@ class T5Stack(nn.Module):
         prefix,
         deterministic: bool,
         keep_states: bool = True,
+        cache_context: bool = False,
     ):
         cfg = self.config
         mask = layers.padding_mask(None, attention_mask)  # causality is the attention's
@@ -265,6 +269,7 @@ class T5Stack(nn.Module):
         states = layers.run_stack(
             T5Layer, cfg, depth, x, (mask, bias, context, context_mask), prefix, deterministic,
             keep_states=keep_states, boundary=False, is_decoder=self.is_decoder,
+            cache_context=cache_context,
         )  # fmt: skip
         x = layers.RMSNorm(cfg.layer_norm_eps, dtype_of(cfg.dtype), name="final_norm")(states[-1])
         states[-1] = dropout(x, deterministic=deterministic)
@@ -365,10 +370,14 @@ class T5Model(nn.Module):
         deterministic=True,
         keep_states=True,
         logit_positions: jax.Array | None = None,
+        cache_context: bool = False,
     ) -> tuple[list, jax.Array]:
         """Decoder states and LM logits; `attention_mask` is the one `encode` returned.
         `logit_positions` [batch, k] (indices into each decoder row): logits only there,
-        [batch, k, vocab] (`layers.at_positions`, before the vocabulary matmul)."""
+        [batch, k, vocab] (`layers.at_positions`, before the vocabulary matmul).
+        `cache_context` with a mutable "cache": every layer's cross-attention keys/values
+        of `encoder_states` go to the cache; with `encoder_states=None` they come from it
+        (decoding steps: the source is projected once per decoding)."""
         if decoder_attention_mask is None:
             decoder_attention_mask = jnp.ones_like(decoder_input_ids)
         states = self.decoder(
@@ -379,6 +388,7 @@ class T5Model(nn.Module):
             self._prefixes(decoder=True),
             deterministic,
             keep_states,
+            cache_context,
         )
         out = layers.at_positions(states[-1], logit_positions)
         if self.config.tie_word_embeddings:
