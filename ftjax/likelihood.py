@@ -68,7 +68,8 @@ def causal_choices(
     )
     keys = iter(jax.random.split(rng, 3)) if rng is not None else iter([None] * 3)
 
-    def run(cache, ids, full_mask, positions, phase):
+    def run(cache, ids, full_mask, positions, phase, read=None):
+        """(logits at the positions `read` [rows, k] of this call's tokens, new cache)."""
         out, variables = model.apply(
             {"params": params, "cache": cache},
             ids,
@@ -78,6 +79,7 @@ def causal_choices(
             deterministic=rng is None,
             mutable=["cache"],
             rngs=_rngs(next(keys)),
+            logit_positions=read,
         )
         return out.logits, variables["cache"]
 
@@ -101,22 +103,26 @@ def causal_choices(
         cache, phase = empty_cache(batch), "prefill"
     # Positions count real tokens only, so left padding leaves them unchanged.
     real = jnp.cumsum(query_mask, axis=1)
-    logits, cache = run(cache, query, mask, shared + jnp.maximum(real - 1, 0), phase)
-    last = logits[:, -1]  # the prompt's last token predicts each choice's first
+    # Only the prompt's last token is read: it predicts each choice's first.
+    last_position = jnp.full((batch, 1), width - 1, jnp.int32)
+    logits, cache = run(cache, query, mask, shared + jnp.maximum(real - 1, 0), phase, last_position)
+    last = logits[:, 0]
 
     tokens = jnp.tile(choices, (batch, 1))  # row b * C + c is choice c of row b
     counted = jnp.tile(choice_mask, (batch, 1)).astype(jnp.float32)
-    start = shared + jnp.repeat(real[:, -1], num_choices)[:, None]
-    continued, _ = run(
-        _repeat_rows(cache, num_choices),
-        tokens,
-        jnp.repeat(mask, num_choices, axis=0),
-        start + jnp.arange(length)[None],
-        "step",
-    )
-    predicted = jnp.concatenate(
-        [jnp.repeat(last, num_choices, axis=0)[:, None], continued[:, :-1]], axis=1
-    )
+    first = jnp.repeat(last, num_choices, axis=0)[:, None]
+    if length == 1:  # single-token choices: the prompt's last logits are all it takes
+        predicted = first
+    else:  # each choice token but the last predicts the next one; the last is not fed
+        start = shared + jnp.repeat(real[:, -1], num_choices)[:, None]
+        continued, _ = run(
+            _repeat_rows(cache, num_choices),
+            tokens[:, :-1],
+            jnp.repeat(mask, num_choices, axis=0),
+            start + jnp.arange(length - 1)[None],
+            "step",
+        )
+        predicted = jnp.concatenate([first, continued], axis=1)
     scores = (_token_logprobs(predicted, tokens) * counted).sum(1)
     return scores.reshape(batch, num_choices)
 
@@ -171,9 +177,12 @@ def masked_choices(
 ) -> Array:
     """`inputs` the encoder's (input_ids, attention_mask, token_type_ids) with one [MASK]
     per row at `mask_position` [B]; `choices` [C] single token ids."""
-    logits = model.apply(
-        {"params": params}, **inputs, deterministic=rng is None, rngs=_rngs(rng)
-    ).logits
-    at_mask = jnp.take_along_axis(logits, mask_position[:, None, None], axis=1)[:, 0]
+    at_mask = model.apply(
+        {"params": params},
+        **inputs,
+        deterministic=rng is None,
+        rngs=_rngs(rng),
+        logit_positions=mask_position[:, None],
+    ).logits[:, 0]
     logp = jax.nn.log_softmax(at_mask.astype(jnp.float32), axis=-1)
     return logp[:, choices]
