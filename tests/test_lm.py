@@ -89,6 +89,32 @@ def test_masking_follows_bert(tiny, caplog):
     assert (np.asarray(again) != picked).any()
 
 
+def test_masked_loss_reads_the_lm_head_only_at_predicted_positions(tiny):
+    """The loss from logits at the picked positions equals the loss from every
+    position's logits; the capacity is far above what a row picks."""
+    import optax
+
+    from ftjax.models.hub import complete_params
+    from ftjax.tasks import lm
+
+    task, params = lm_task(tiny["bert"], max_length=64)
+    params = complete_params(task.model, params)
+    examples = task.encode(datasets.Dataset.from_list(synthetic.sentiment_rows(32, 1)), "train")
+    batch = pad_batch(examples, np.arange(len(examples)), len(examples), {"source": [64]})
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    loss, _ = task.loss(params, batch)
+    capacity = lm.prediction_capacity(64, 0.15)
+    assert capacity < 64 and lm.prediction_capacity(512, 0.15) < 0.3 * 512
+    key = jax.random.PRNGKey(lm.EVAL_MASK_SEED)
+    ids, real = batch["input_ids"], batch["attention_mask"] > 0
+    inputs, picked = task.mask_tokens(ids, real, key, None, capacity)  # eval: this key
+    assert 0 < int(picked.sum(1).max()) < capacity - 10
+    logits = task.model.apply({"params": params}, inputs, batch["attention_mask"]).logits
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), ids)
+    want = float((losses * picked).sum() / picked.sum())
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
 def test_whole_word_masking_picks_every_piece_of_a_word(tiny):
     task, _ = lm_task(tiny["bert"], max_length=64, whole_word_mask=True)
     rows = load_splits("sentiment")["train"].select(range(256))

@@ -46,6 +46,21 @@ from ftjax.tasks.classification import tokenize
 
 OBJECTIVES = ("auto", "causal", "masked", "span_corruption")
 EVAL_MASK_SEED = 0
+# A masked LM predicts at most mean + this many standard deviations of a row's
+# Binomial(length, mask_probability) picks (`prediction_capacity`).
+CAPACITY_DEVIATIONS = 8.0
+
+
+def prediction_capacity(length: int, probability: float) -> int:
+    """How many positions of a row of `length` a masked LM predicts at most, so that its
+    LM head (a vocabulary-wide matmul) runs on that many positions, not on all of them:
+    the mean count plus `CAPACITY_DEVIATIONS` standard deviations, which a row exceeds
+    with probability far below 1e-9 (whole-word masking, whose pieces share a draw, stays
+    far inside it too). Picks past it are not made: those tokens stay as they are, as
+    BERT's own pipeline caps them (`max_predictions_per_seq`)."""
+    mean = length * probability
+    spread = CAPACITY_DEVIATIONS * np.sqrt(length * probability * (1.0 - probability))
+    return int(min(length, np.ceil(mean + spread) + 1))
 
 
 def with_mlm_head(model, task: str, model_name: str):
@@ -274,9 +289,14 @@ class LanguageModeling(Task):
         )
         if self.objective() == "span_corruption":
             return self.target_losses(params, batch, dropout_key)
+        read = None  # the positions whose logits are needed: all (causal)
         if self.objective() == "masked":
-            inputs, counted = self.mask_tokens(ids, real, mask_key, batch.get("word_head"))
-            targets = ids
+            capacity = prediction_capacity(ids.shape[1], self.config.task.mask_probability)
+            inputs, picked = self.mask_tokens(ids, real, mask_key, batch.get("word_head"), capacity)
+            # The picked positions first, in order, then unpicked ones to fill the rows.
+            read = jnp.argsort((~picked).astype(jnp.int32), axis=1, stable=True)[:, :capacity]
+            counted = jnp.take_along_axis(picked, read, axis=1)
+            targets = jnp.take_along_axis(ids, read, axis=1)
         else:
             inputs, counted, targets = ids, real[:, 1:] & real[:, :-1], ids[:, 1:]
             if is_packed(batch):  # the next token must be of the same text
@@ -289,6 +309,7 @@ class LanguageModeling(Task):
             **model_inputs(batch, ()),
             deterministic=rng is None,
             rngs={"dropout": dropout_key} if dropout_key is not None else None,
+            **({} if read is None else {"logit_positions": read}),
         ).logits.astype(jnp.float32)
         if self.objective() == "causal":
             logits = logits[:, :-1]
@@ -307,15 +328,20 @@ class LanguageModeling(Task):
         ).logits
         return labelled_token_losses(logits, batch)
 
-    def mask_tokens(self, ids, real, key, word_head=None) -> tuple[jax.Array, jax.Array]:
+    def mask_tokens(
+        self, ids, real, key, word_head=None, capacity: int | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """BERT's corruption: (inputs, which positions are predicted). With `word_head`
-        (whole-word masking) every token of a word follows its first token's draw."""
+        (whole-word masking) every token of a word follows its first token's draw; with
+        `capacity`, a row's picks after its first `capacity` are not made."""
         special = jnp.isin(ids, jnp.asarray(self.tokenizer.all_special_ids, ids.dtype))
         pick_key, kind_key, token_key = jax.random.split(key, 3)
         draws = jax.random.uniform(pick_key, ids.shape)
         if word_head is not None:
             draws = jnp.take_along_axis(draws, word_head, axis=1)
         picked = real & ~special & (draws < self.config.task.mask_probability)
+        if capacity is not None:
+            picked = picked & (jnp.cumsum(picked, axis=1) <= capacity)
         kind = jax.random.uniform(kind_key, ids.shape)
         noise = jax.random.randint(token_key, ids.shape, 0, self.model.config.vocab_size, ids.dtype)
         inputs = jnp.where(picked & (kind < 0.8), self.tokenizer.mask_token_id, ids)
