@@ -156,7 +156,8 @@ def base_config(
             "epochs": 2,
             "seed": 0,
             "log_every": 50,
-            "eval_every": 0,
+            "eval_every": 0,  # steps between validations; 0: `evaluations` over the run
+            "evaluations": 2,  # validations per run, evenly spaced (the last at the end)
             "checkpoint_every": 0,
             "keep": 2,
             "best_metric": "",  # any metric the task reports; "" = the task's first
@@ -286,7 +287,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         if not (value == lowest or 0.0 <= value < 1.0):
             also = " (or -1: the checkpoint's rates)" if lowest < 0 else ""
             raise ConfigError(f"config.{field}={value} must be in [0, 1){also}")
-    for field in ("train.keep", "data.bucket_step"):
+    for field in ("train.keep", "train.evaluations", "data.bucket_step"):
         section, name = field.split(".")
         if config[section][name] < 1:
             raise ConfigError(f"config.{field}={config[section][name]} must be >= 1")

@@ -20,6 +20,7 @@ MAY_CHANGE = (
     "model.remat",  # recomputes the same values
     "train.log_every",
     "train.eval_every",
+    "train.evaluations",
     "train.checkpoint_every",
     "train.keep",
     "train.peak_flops",

@@ -180,13 +180,20 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def validation_interval(total_steps: int, evaluations: int) -> int:
+    """Steps between validations when `train.eval_every` is 0: `evaluations` per run,
+    however long an epoch is (a 100-row run on a step budget is not validated at every
+    one of its short epochs); the last step is always validated."""
+    return max(1, math.ceil(total_steps / evaluations))
+
+
 def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]:
     cfg = exp.config.train
     per_epoch = exp.steps_per_epoch
     progress = Progress(exp.total_steps, int(state.step), cfg.log_every)
     stop = StopFlag()
     base_rng = jax.random.PRNGKey(cfg.seed)
-    eval_every = cfg.eval_every or per_epoch
+    eval_every = cfg.eval_every or validation_interval(exp.total_steps, cfg.evaluations)
     checkpoint_every = cfg.checkpoint_every or eval_every
     step = int(state.step)
     step_times: list[float] = []

@@ -115,6 +115,17 @@ def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
     assert again["test"] == straight["test"]
 
 
+def test_validations_are_spread_over_the_run_not_one_per_epoch(tiny, tmp_path):
+    """Epochs of one batch on a 6-step budget: `train.evaluations=3` validates at steps
+    2, 4 and 6 (per epoch, it would have been all 6)."""
+    data = make_dataset(tmp_path / "d", (("train", 8), ("validation", 8), ("test", 8)))
+    config = tiny_config(tiny[0], data, "lora", prng_impl="rbg", max_steps=6, evaluations=3)
+    loop.run(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
+    assert loop.validation_interval(7, 2) == 4 and loop.validation_interval(3, 5) == 1
+
+
 def test_untrained_evaluation_reads_only_the_test_split(tiny, tmp_path):
     """Zero-shot evaluation equals testing a full run's initial state, without a train split."""
     config = config_for(tiny, epochs=1)
