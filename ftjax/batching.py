@@ -198,10 +198,16 @@ def pack_rows(lengths: np.ndarray, pack_length: int) -> list[list[int]]:
 
 
 def pack_batch(
-    data: Examples, index: np.ndarray, batch_size: int, pack_length: int, row_step: int
+    data: Examples,
+    index: np.ndarray,
+    batch_size: int,
+    pack_length: int,
+    row_step: int,
+    row_buckets: Sequence[int] = (),
 ) -> dict[str, np.ndarray]:
     """Rows `index` of `data` packed into rows of `pack_length` tokens (module docstring);
-    the row count is rounded up to a multiple of `row_step` (few shapes to compile)."""
+    the row count is the smallest of `row_buckets` that holds them (few shapes to
+    compile, `choose_row_buckets`), else rounded up to a multiple of `row_step`."""
     if data.groups != ["source"] or any(s.left for s in data.layout.values()):
         raise ValueError(
             "data.pack_length: packing lays out one right-padded token group; this task's "
@@ -209,7 +215,8 @@ def pack_batch(
         )
     lengths = data.group_lengths("source")[index]
     rows = pack_rows(lengths, pack_length)
-    count = min(-(-len(rows) // row_step), -(-batch_size // row_step)) * row_step
+    rounded = min(-(-len(rows) // row_step), -(-batch_size // row_step)) * row_step
+    count = next((b for b in sorted(row_buckets) if b >= len(rows)), rounded)
     out = {f: np.full((count, pack_length), s.pad, np.int32) for f, s in data.layout.items()}
     segment_ids = np.zeros((count, pack_length), np.int32)
     position_ids = np.zeros((count, pack_length), np.int32)
@@ -236,6 +243,54 @@ def pack_batch(
     return {**out, **per_example_fields(data, index, batch_size)}
 
 
+def packed_row_counts(
+    data: Examples, batch_size: int, pack_length: int, seed: int, epochs: int
+) -> list[int]:
+    """How many rows each training batch of the first `epochs` epochs packs into (the
+    order is a pure function of seed and epoch, so this is the run's own)."""
+    lengths = data.group_lengths("source")
+    counts = []
+    for epoch in range(epochs):
+        for index in epoch_order(data.sort_key(), batch_size, seed, epoch, group_lengths=False):
+            counts.append(len(pack_rows(lengths[index], pack_length)))
+    return counts
+
+
+def choose_row_buckets(
+    counts: Sequence[int], row_step: int, max_padding: float = 0.1
+) -> tuple[int, ...]:
+    """The fewest batch row counts (multiples of `row_step`) that the batches' `counts`
+    round up to with padding rows at most `max_padding` of all rows computed: each size
+    is one compile (a few seconds) while each padded row costs every step it appears in.
+    Among as few sizes, the least padding (exact: sizes are contiguous groups of the
+    sorted needs, each group's size its largest, by dynamic programming)."""
+    need = np.array([-(-c // row_step) * row_step for c in counts])
+    sizes, weight = np.unique(need, return_counts=True)
+    n = len(sizes)
+
+    def padding(i: int, j: int) -> int:  # sizes[i..j] all padded up to sizes[j]
+        return int((weight[i : j + 1] * (sizes[j] - sizes[i : j + 1])).sum())
+
+    rows = int((weight * sizes).sum())
+    best: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}  # (groups, last) -> cost
+    for j in range(n):
+        best[1, j] = (padding(0, j), (int(sizes[j]),))
+    for groups in range(1, n + 1):
+        if groups > 1:
+            for j in range(groups - 1, n):
+                best[groups, j] = min(
+                    (
+                        best[groups - 1, i][0] + padding(i + 1, j),
+                        (*best[groups - 1, i][1], int(sizes[j])),
+                    )
+                    for i in range(groups - 2, j)
+                )
+        cost, chosen = best[groups, n - 1]
+        if cost <= max_padding * (rows + cost):
+            return chosen
+    return tuple(int(s) for s in sizes)
+
+
 def batches(
     data: Examples,
     batch_size: int,
@@ -249,6 +304,7 @@ def batches(
     bucket_step: int = 16,
     pack_length: int = 0,
     row_step: int = 1,
+    row_buckets: Sequence[int] = (),
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(batch, example indices of its real rows) of `epoch`, from batch index `start` on.
 
@@ -261,7 +317,7 @@ def batches(
     )
     for index in order[start:]:
         if pack_length:
-            yield pack_batch(data, index, batch_size, pack_length, row_step), index
+            yield pack_batch(data, index, batch_size, pack_length, row_step, row_buckets), index
         else:
             yield pad_batch(data, index, batch_size, sizes), index
 

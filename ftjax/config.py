@@ -116,8 +116,10 @@ def base_config(
         "eval_batch_size": 64,
         "bucket_step": 16,
         # > 0: training batches pack several examples per row of this many tokens
-        # (segment ids keep them apart; same examples per step). >= max_length.
-        "pack_length": 0,
+        # (segment ids keep them apart; same examples per step), >= max_length; 0: off
+        # (rows bucketed by length); -1: max_length wherever task, model and method
+        # allow packing, else off.
+        "pack_length": -1,
         "train_split": "train",
         "eval_split": "validation",
         # > 0: a class-stratified draw of N training rows (0: all), seeded by sample_seed

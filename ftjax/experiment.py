@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 
 import jax
@@ -236,11 +235,6 @@ def training_subsample(config: ml_collections.ConfigDict, task: tasks.Task, rows
     return rows.select(chosen)
 
 
-# A packed batch's row count is a multiple of this (and of the mesh's batch divisor):
-# few shapes to compile; 32 movie reviews fill 12 to 18 rows of 64 tokens (91% real).
-PACKED_ROW_STEP = 2
-
-
 def make_loader(config, task, params, mask, encoded: dict[str, Examples], batch_divisor=1):
     d = config.data
     tokens = TokenLoader(
@@ -251,8 +245,12 @@ def make_loader(config, task, params, mask, encoded: dict[str, Examples], batch_
         config.train.seed,
         d.bucket_step,
         d.pack_length,
-        math.lcm(PACKED_ROW_STEP, batch_divisor),
+        batch_divisor,  # a packed batch's rows split over the mesh's batch axes
     )
+    if "train" in tokens.roles:  # packed row counts bucketed over the epochs it trains
+        per_epoch = tokens.num_batches("train")
+        steps = config.train.max_steps or config.train.epochs * per_epoch
+        tokens = tokens.with_row_buckets(-(-steps // per_epoch))
     if not config.method.get("cache_features", False):
         return tokens
     head_only = all(path.startswith(f"{tasks.HEAD}/") for path, t in mask.items() if t)

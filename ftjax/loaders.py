@@ -33,6 +33,7 @@ class TokenLoader:
     bucket_step: int
     pack_length: int = 0  # > 0: training batches packed into rows of this many tokens
     row_step: int = 1  # a packed batch's row count is a multiple of this
+    row_buckets: tuple[int, ...] = ()  # ... and one of these (`with_row_buckets`)
 
     @property
     def roles(self) -> set[str]:
@@ -43,6 +44,24 @@ class TokenLoader:
 
     def num_batches(self, role: str = "train") -> int:
         return batching.num_batches(self.splits[role], self.batch_size)
+
+    def with_row_buckets(self, epochs: int) -> TokenLoader:
+        """This loader with its packed batches' row counts bucketed over the `epochs` the
+        run trains (`batching.choose_row_buckets`): one compile per bucket."""
+        if not self.pack_length or "train" not in self.splits:
+            return self
+        counts = batching.packed_row_counts(
+            self.splits["train"], self.batch_size, self.pack_length, self.seed, epochs
+        )
+        sizes = batching.choose_row_buckets(counts, self.row_step)
+        padded = sum(min(b for b in sizes if b >= c) for c in counts)
+        log.info(
+            "packing: %d examples a step in %d-%d rows of %d tokens; row counts %s "
+            "(padding rows %.1f%%)",
+            self.batch_size, min(counts), max(counts), self.pack_length, list(sizes),
+            100.0 * (1 - sum(counts) / padded),
+        )  # fmt: skip
+        return dataclasses.replace(self, row_buckets=sizes)
 
     def train_batches(self, epoch: int, start: int) -> Iterator[dict]:
         for batch, _ in batching.batches(
@@ -55,6 +74,7 @@ class TokenLoader:
             bucket_step=self.bucket_step,
             pack_length=self.pack_length,
             row_step=self.row_step,
+            row_buckets=self.row_buckets,
         ):
             yield batch
 

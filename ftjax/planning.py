@@ -140,8 +140,11 @@ def build(
     `overrides` set fields of the family config (e.g. num_layers=2)."""
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
-    if config.data.pack_length:
+    if config.data.pack_length > 0:
         raise PlanError("config.data.pack_length: packed batches depend on the data; plan with 0")
+    # Auto packing (-1): a packed batch holds at most batch_size rows of max_length
+    # tokens, the unpacked batch the plan is drawn for.
+    config.data.pack_length = 0
     family, model_config = read_model_config(config.model.name)
     fields = {**model_overrides(config), **(overrides or {})}
     model = family.module(hub.override_config(model_config, **fields))

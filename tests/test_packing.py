@@ -224,3 +224,54 @@ def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     tokens = json.loads((tmp_path / "run" / "results.json").read_text())["train_tokens"]
     assert tokens["computed"] % 64 == 0  # whole packed rows
     assert tokens["real_share"] == tokens["real"] / tokens["computed"] > 0.5
+
+
+def test_row_buckets_are_the_fewest_sizes_within_the_padding_bound():
+    """Against brute force over every set of sizes: as few as the 10% bound allows, and
+    of those the least padding."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        counts = rng.integers(3, 19, size=int(rng.integers(1, 40)))
+        step = (1, 2)[trial % 2]
+        got = batching.choose_row_buckets(counts, step)
+        need = [-(-int(c) // step) * step for c in counts]
+        sizes = sorted(set(need))
+
+        def padding(chosen, need=need):
+            return sum(min(b for b in chosen if b >= n) - n for n in need)
+
+        for k in range(1, len(sizes) + 1):
+            sets = [(*c, sizes[-1]) for c in itertools.combinations(sizes[:-1], k - 1)]
+            fitting = [c for c in sets if padding(c) <= 0.1 * (sum(need) + padding(c))]
+            if fitting:
+                break
+        assert len(got) == k, (counts, got)
+        assert padding(got) == min(padding(c) for c in fitting), (counts, got)
+        assert all(b % step == 0 for b in got) and max(got) == max(need)
+
+
+def test_packing_is_on_by_default_where_the_task_packs(tmp_path, caplog):
+    """data.pack_length=-1 (the default) packs rows of max_length, every training batch
+    in one of the few row counts chosen for the run; a soft prompt keeps bucketing and
+    the log says why."""
+    import logging
+
+    from ftjax.experiment import build
+    from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
+
+    model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
+    config = tiny_config(model, data, "lora", epochs=2)
+    config.data.pack_length = -1
+    exp = build(config)
+    assert exp.config.data.pack_length == config.data.max_length
+    buckets = exp.loader.row_buckets
+    rows = {len(b["input_ids"]) for e in (0, 1) for b in exp.loader.train_batches(e, 0)}
+    assert buckets and rows <= set(buckets), (rows, buckets)
+    config = tiny_config(model, data, "prompt", epochs=1)
+    config.data.pack_length = -1
+    with caplog.at_level(logging.INFO, logger="ftjax.tasks"):
+        exp = build(config)
+    assert exp.config.data.pack_length == 0 and not exp.loader.row_buckets
+    assert "not packing (a soft prompt is one per row" in caplog.text

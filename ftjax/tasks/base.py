@@ -178,9 +178,23 @@ class Task:
         return f"the {self.name} task reads whole rows"
 
     def check_packing(self) -> None:
+        """Refuses packing that cannot work, naming why; resolves `data.pack_length=-1`
+        (auto) to max_length where nothing stands in the way, else to 0 (bucketing)."""
         d = self.config.data
         if not d.pack_length:
             return
+        why = self._packing_obstacle()
+        if d.pack_length < 0:
+            d.pack_length = 0 if why else d.max_length
+            if why:
+                log.info("data.pack_length=-1 (auto): not packing (%s); bucketing by length", why)
+            return
+        if why is None and d.pack_length < d.max_length:
+            why = f"it is shorter than data.max_length={d.max_length}"
+        if why is not None:
+            raise TaskError(f"config.data.pack_length={d.pack_length}: {why} (0 turns packing off)")
+
+    def _packing_obstacle(self) -> str | None:
         why = self.packing_refusal()
         if why is None and not self.model_takes("segment_ids"):
             why = f"{type(self.model).__name__} takes no segment_ids"
@@ -188,10 +202,7 @@ class Task:
             why = "a soft prompt is one per row, and a packed row holds several examples"
         if why is None and self.config.optimizer.grad_accum > 1:
             why = "optimizer.grad_accum > 1 splits rows into micro-batches; use 1"
-        if why is None and d.pack_length < d.max_length:
-            why = f"it is shorter than data.max_length={d.max_length}"
-        if why is not None:
-            raise TaskError(f"config.data.pack_length={d.pack_length}: {why} (0 turns packing off)")
+        return why
 
     @property
     def family(self):

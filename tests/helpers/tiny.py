@@ -140,7 +140,10 @@ def make_dataset(directory: Path, sizes=(("train", 64), ("validation", 32), ("te
 def tiny_config(model_dir: Path, data_dir: Path, method: str = "lora", **train):
     config = base_config(f"method={method},dtype=float32", data=str(data_dir), num_labels=2)
     config.model.name = str(model_dir)
-    # One bucket (32): each step compiles once; tests of bucketing set their own step.
-    config.data.update(batch_size=8, eval_batch_size=16, max_length=32, bucket_step=32)
+    # One bucket (32), unpacked: each step compiles once; tests of bucketing and packing
+    # set their own.
+    config.data.update(
+        batch_size=8, eval_batch_size=16, max_length=32, bucket_step=32, pack_length=0
+    )
     config.train.update(log_every=1, **train)
     return config
