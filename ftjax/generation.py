@@ -42,8 +42,10 @@ def init_cache(run: Callable[[], tuple[Any, dict]]) -> dict:
 class CausalDecoder:
     """Decoder-only models: the prompt fills the cache, then one token per step."""
 
-    def __init__(self, model: nn.Module, max_new_tokens: int):
-        self.model, self.max_new_tokens = model, max_new_tokens
+    def __init__(self, model: nn.Module, max_new_tokens: int, context: Array | None = None):
+        """`context` [D]: tokens before every row's prompt (k-shot demonstrations), run
+        once at batch size 1 into the cache, which every row's prompt then extends."""
+        self.model, self.max_new_tokens, self.context = model, max_new_tokens, context
 
     def _apply(self, params, cache, ids, mask, positions, phase):
         """Logits of each row's last position only (left padding: the last real token)."""
@@ -59,19 +61,40 @@ class CausalDecoder:
         )
         return out.logits[:, 0], variables["cache"]
 
-    def start(self, params, ids: Array, mask: Array) -> tuple[Array, dict]:
-        batch, length = ids.shape
-        full = jnp.concatenate([mask, jnp.ones((batch, self.max_new_tokens), mask.dtype)], 1)
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        dummy = jnp.zeros(full.shape, ids.dtype)
-        cache = init_cache(
+    def _empty_cache(self, params, rows: int, length: int) -> dict:
+        dummy = jnp.zeros((rows, length), jnp.int32)
+        return init_cache(
             lambda: self.model.apply(
-                {"params": params}, dummy, full, dummy, decode="prefill", mutable=["cache"]
+                {"params": params}, dummy, jnp.ones_like(dummy), dummy, decode="prefill",
+                mutable=["cache"],
             )
+        )  # fmt: skip
+
+    def start(self, params, ids: Array, mask: Array) -> tuple[Array, dict]:
+        batch, context = ids.shape[0], self.context
+        shared = 0 if context is None else context.shape[0]
+        full = jnp.concatenate(
+            [
+                jnp.ones((batch, shared), mask.dtype),
+                mask,
+                jnp.ones((batch, self.max_new_tokens), mask.dtype),
+            ],
+            1,
         )
-        logits, cache = self._apply(params, cache, ids, full, positions, "prefill")
-        state = {"cache": cache, "mask": full, "next_position": mask.sum(1).astype(jnp.int32)}
-        return logits, state
+        phase = "prefill"
+        if shared:
+            single = jnp.ones((1, full.shape[1]), mask.dtype)
+            cache = self._empty_cache(params, 1, full.shape[1])
+            positions = jnp.arange(shared)[None]
+            _, cache = self._apply(params, cache, context[None], single, positions, "prefill")
+            cache, phase = _rows(cache, jnp.zeros((batch,), jnp.int32)), "step"
+        else:
+            cache = self._empty_cache(params, batch, full.shape[1])
+        # Positions count real tokens only, so left padding leaves them unchanged.
+        positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        logits, cache = self._apply(params, cache, ids, full, positions, phase)
+        next_position = shared + mask.sum(1).astype(jnp.int32)
+        return logits, {"cache": cache, "mask": full, "next_position": next_position}
 
     def step(self, params, tokens: Array, state: dict, t: Array) -> tuple[Array, dict]:
         positions = (state["next_position"] + t)[:, None]
@@ -139,13 +162,18 @@ class EncoderDecoder:
 
 
 def decoder_for(
-    model: nn.Module, max_new_tokens: int, cache_context: bool = True
+    model: nn.Module,
+    max_new_tokens: int,
+    cache_context: bool = True,
+    context: Array | None = None,
 ) -> CausalDecoder | EncoderDecoder:
     family = hub.family_of(model)
     if len(family.stacks(model.config)) == 2:
+        if context is not None:  # its encoder reads the demonstrations with each source
+            raise ValueError("an encoder-decoder shares no context: put it in each source")
         return EncoderDecoder(model, max_new_tokens, cache_context)
     if family.causal:
-        return CausalDecoder(model, max_new_tokens)
+        return CausalDecoder(model, max_new_tokens, context)
     raise ValueError(f"{type(model).__name__} cannot generate: it has no decoder")
 
 
@@ -331,16 +359,20 @@ def generate(
     top_p: float = 1.0,
     rng: Array | None = None,
     cache_context: bool = True,
+    context: Array | None = None,
 ) -> Array:
     """[batch, max_new_tokens] generated token ids: EOS included where reached, then
     `pad_token_id`. Decoder-only prompts must be padded on the left. `cache_context`
     (T5): cross-attention keys/values projected once per source; False projects them at
-    every step (the reference the cache is tested and timed against)."""
+    every step (the reference the cache is tested and timed against). `context` [D]
+    (decoder-only): tokens before every row's prompt (k-shot demonstrations), encoded
+    once into the cache that each row's prompt continues; the same tokens as prepending
+    them to every prompt."""
     if strategy not in STRATEGIES:
         raise ValueError(f"decoding strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    decoder = decoder_for(model, max_new_tokens, cache_context)
+    decoder = decoder_for(model, max_new_tokens, cache_context, context)
     if strategy == "beam":
         return _beam_search(
             decoder,

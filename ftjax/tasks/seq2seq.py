@@ -38,7 +38,12 @@ from ftjax.tasks.base import (
 
 
 class TextToText(Task):
+    """`share_context`: a decoder generates from its prompts' common head (k-shot
+    demonstrations) encoded once (`generation.generate(context=...)`); off, each row
+    encodes its whole prompt (the same tokens: the reference in tests and benchmarks)."""
+
     name = "seq2seq"
+    share_context = True
     metrics = ("rouge_l", "exact_match")
     task_defaults = {
         "source_prefix": "",  # prepended to every source (T5's "summarize: ")
@@ -294,17 +299,30 @@ class TextToText(Task):
         loss, weight = masked_mean(losses, counted)
         return loss, {"weight": weight}
 
+    def shared_context(self) -> np.ndarray:
+        """Token ids at the start of every decoder prompt: the frame's head (the
+        demonstrations, a chat template's opening turns); empty for T5, whose encoder
+        reads them with each source, or with `share_context` off."""
+        if self.encoder_decoder or not self.share_context:
+            return np.zeros(0, np.int32)
+        return np.asarray(self._prompt_frame()[0], np.int32)
+
     def generate(self, params, batch) -> jax.Array:
         t = self.config.task
+        context = None
         if self.encoder_decoder:
             ids, mask = batch["input_ids"], batch["attention_mask"]
         else:
-            ids, mask = batch["prompt"], batch["prompt_mask"]
+            ids, mask, context = without_head(
+                batch["prompt"], batch["prompt_mask"], self.shared_context(),
+                self.tokenizer.pad_token_id,
+            )  # fmt: skip
         return generation.generate(
             self.model,
             params,
             ids,
             mask,
+            context=context,
             max_new_tokens=self.config.data.max_target_length,
             strategy=t.decoding,
             num_beams=t.num_beams,
@@ -344,3 +362,19 @@ class TextToText(Task):
                 for p, r in zip(predictions[:3], references[:3], strict=True)
             ],
         }
+
+
+def without_head(
+    ids: jax.Array, mask: jax.Array, head: np.ndarray, pad: int
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Left-padded prompts that all begin with `head` [D] (`_sources` cuts only the
+    source), as the prompts after it, still left padded and D columns narrower, and the
+    head as a shared context (None when empty). A row's real tokens end at the last
+    column, so dropping the first D columns and masking each row's D head tokens
+    (now the D columns before its rest) leaves the rest in place."""
+    if not len(head):
+        return ids, mask, None
+    rest, width = ids[:, len(head) :], ids.shape[1] - len(head)
+    real = mask.sum(1, keepdims=True) - len(head)
+    kept = jnp.arange(width)[None, :] >= width - real
+    return jnp.where(kept, rest, pad), kept.astype(mask.dtype), jnp.asarray(head)
