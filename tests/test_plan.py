@@ -87,7 +87,7 @@ def test_abstract_batch_is_the_loaders_longest_batch(tmp_path, family, task):
         "method=lora", task=task, data=str(make_dataset(tmp_path / "data")), **fields
     )
     config.model.name = str(make_checkpoint(tmp_path / family, family))
-    config.data.update(batch_size=8, max_length=32, bucket_step=32)
+    config.data.update(batch_size=8, max_length=32, bucket_step=32, pack_length=0)
     if task == "seq2seq":
         config.task.label_words = ("negative", "positive")
     loader = experiment.build(config).loader
