@@ -244,15 +244,19 @@ def pack_batch(
 
 
 def packed_row_counts(
-    data: Examples, batch_size: int, pack_length: int, seed: int, epochs: int
+    data: Examples, batch_size: int, pack_length: int, seed: int, steps: int
 ) -> list[int]:
-    """How many rows each training batch of the first `epochs` epochs packs into (the
-    order is a pure function of seed and epoch, so this is the run's own)."""
+    """How many rows each of the first `steps` training batches packs into (the order is
+    a pure function of seed and epoch, so these are the run's own batches)."""
     lengths = data.group_lengths("source")
-    counts = []
-    for epoch in range(epochs):
+    counts: list[int] = []
+    epoch = 0
+    while len(counts) < steps:
         for index in epoch_order(data.sort_key(), batch_size, seed, epoch, group_lengths=False):
             counts.append(len(pack_rows(lengths[index], pack_length)))
+            if len(counts) == steps:
+                break
+        epoch += 1
     return counts
 
 

@@ -247,10 +247,9 @@ def make_loader(config, task, params, mask, encoded: dict[str, Examples], batch_
         d.pack_length,
         batch_divisor,  # a packed batch's rows split over the mesh's batch axes
     )
-    if "train" in tokens.roles:  # packed row counts bucketed over the epochs it trains
+    if "train" in tokens.roles:  # packed row counts bucketed over the batches it trains on
         per_epoch = tokens.num_batches("train")
-        steps = config.train.max_steps or config.train.epochs * per_epoch
-        tokens = tokens.with_row_buckets(-(-steps // per_epoch))
+        tokens = tokens.with_row_buckets(config.train.max_steps or config.train.epochs * per_epoch)
     if not config.method.get("cache_features", False):
         return tokens
     head_only = all(path.startswith(f"{tasks.HEAD}/") for path, t in mask.items() if t)

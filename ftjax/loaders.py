@@ -45,13 +45,13 @@ class TokenLoader:
     def num_batches(self, role: str = "train") -> int:
         return batching.num_batches(self.splits[role], self.batch_size)
 
-    def with_row_buckets(self, epochs: int) -> TokenLoader:
-        """This loader with its packed batches' row counts bucketed over the `epochs` the
-        run trains (`batching.choose_row_buckets`): one compile per bucket."""
-        if not self.pack_length or "train" not in self.splits:
+    def with_row_buckets(self, steps: int) -> TokenLoader:
+        """This loader with its packed batches' row counts bucketed over the `steps`
+        batches the run trains on (`batching.choose_row_buckets`): one compile each."""
+        if not self.pack_length or "train" not in self.splits or steps < 1:
             return self
         counts = batching.packed_row_counts(
-            self.splits["train"], self.batch_size, self.pack_length, self.seed, epochs
+            self.splits["train"], self.batch_size, self.pack_length, self.seed, steps
         )
         sizes = batching.choose_row_buckets(counts, self.row_step)
         padded = sum(min(b for b in sizes if b >= c) for c in counts)
