@@ -87,7 +87,7 @@ class CausalDecoder:
             cache = self._empty_cache(params, 1, full.shape[1])
             positions = jnp.arange(shared)[None]
             _, cache = self._apply(params, cache, context[None], single, positions, "prefill")
-            cache, phase = _rows(cache, jnp.zeros((batch,), jnp.int32)), "step"
+            cache, phase = take_rows(cache, jnp.zeros((batch,), jnp.int32)), "step"
         else:
             cache = self._empty_cache(params, batch, full.shape[1])
         # Positions count real tokens only, so left padding leaves them unchanged.
@@ -181,7 +181,7 @@ def decoder_for(
 PER_SOURCE = ("context_key", "context_value")
 
 
-def _rows(tree, index: Array, reorder: bool = False):
+def take_rows(tree, index: Array, reorder: bool = False):
     """Takes rows `index` of every batched leaf (cache indices are scalars: kept). A
     scanned stack's cache leaves (under `layers`) have the layer axis first, the rows
     second. `reorder`: `index` only permutes beams within each row, so the per-source
@@ -262,7 +262,7 @@ def _beam_search(decoder, params, ids, mask, *, beams, length_penalty, eos, pad)
     batch = ids.shape[0]
     logits, state = decoder.start(params, ids, mask)
     expand = jnp.repeat(jnp.arange(batch), beams)
-    logits, state = logits[expand], _rows(state, expand)
+    logits, state = logits[expand], take_rows(state, expand)
     keep = 2 * beams  # transformers: max(2, 1 + number of EOS ids) * beams
     carry = {
         "t": jnp.zeros((), jnp.int32),
@@ -330,7 +330,7 @@ def _beam_search(decoder, params, ids, mask, *, beams, length_penalty, eos, pad)
     def advance(c):
         c = choose(c)
         c = {**c, "improvable": still_improvable(c)}
-        state = _rows(c["state"], c["origin"], reorder=True)
+        state = take_rows(c["state"], c["origin"], reorder=True)
         tokens = c["running"][:, :, c["t"]].reshape(-1)
         logits, state = decoder.step(params, tokens, state, c["t"])
         return {**c, "logits": logits, "state": state, "t": c["t"] + 1}

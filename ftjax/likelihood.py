@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.generation import init_cache
+from ftjax.generation import init_cache, take_rows
 
 Array = jax.Array
 
@@ -34,10 +34,10 @@ def _token_logprobs(logits: Array, tokens: Array) -> Array:
     return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
 
 
-def _repeat_rows(tree, times: int):
-    """Each batched leaf's rows repeated `times` (row b -> rows b*times ...); the cache's
-    scalar write index is shared."""
-    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if x.ndim else x, tree)
+def _repeat_rows(tree, rows: int, times: int):
+    """A cache's `rows` rows each repeated `times` (row b -> rows b*times ...), wherever
+    its leaves keep their rows (`generation.take_rows`: behind a scanned stack's layers)."""
+    return take_rows(tree, jnp.repeat(jnp.arange(rows), times))
 
 
 def causal_choices(
@@ -95,9 +95,7 @@ def causal_choices(
     if shared:  # the demonstrations: encoded once, then every row reads the same cache
         single = jnp.ones((1, total), mask.dtype)
         _, cache = run(empty_cache(1), context[None], single, jnp.arange(shared)[None], "prefill")
-        cache = jax.tree.map(
-            lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:])) if x.ndim else x, cache
-        )
+        cache = _repeat_rows(cache, 1, batch)
         phase = "step"
     else:
         cache, phase = empty_cache(batch), "prefill"
@@ -116,7 +114,7 @@ def causal_choices(
     else:  # each choice token but the last predicts the next one; the last is not fed
         start = shared + jnp.repeat(real[:, -1], num_choices)[:, None]
         continued, _ = run(
-            _repeat_rows(cache, num_choices),
+            _repeat_rows(cache, batch, num_choices),
             tokens[:, :-1],
             jnp.repeat(mask, num_choices, axis=0),
             start + jnp.arange(length - 1)[None],

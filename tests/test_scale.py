@@ -257,3 +257,25 @@ def test_loading_shardings_of_a_scanned_model_are_per_layer():
     want = sharding.model_shardings(mesh)(model)
     assert sharding.model_shardings(mesh)(variant(model, scan_layers=True)) == want
     assert "decoder/layer_1/attention/query/kernel" in want
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_label_scores_of_a_scanned_model_equal_the_unrolled_ones(family):
+    """The shared context's cache is broadcast and repeated along its rows, which a
+    scanned stack keeps behind the layer axis."""
+    from ftjax import likelihood
+
+    base = tiny_model(family)
+    params = init_params(base, 0)
+    scanned = variant(base, scan_layers=True)
+    stored = partition.unflatten(
+        stacking.to_storage(scanned, stack_depths(scanned), partition.flatten(params))
+    )
+    context = jnp.array([5, 6, 7])
+    query, query_mask = IDS[:, :5], (IDS[:, :5] > 0).astype(jnp.int32)
+    choices, choice_mask = jnp.array([[8, 9], [10, 0]]), jnp.array([[1, 1], [1, 0]])
+    scores = [
+        likelihood.causal_choices(m, p, context, query, query_mask, choices, choice_mask)
+        for m, p in ((base, params), (scanned, stored))
+    ]
+    np.testing.assert_allclose(scores[1], scores[0], atol=1e-5)
