@@ -15,6 +15,9 @@ import pytest
 from benchmarks import accelerator_check
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -34,6 +34,7 @@ def trained(workdir) -> dict:
     return {p: np.asarray(jax.device_get(v)) for p, v in every.items()}
 
 
+@pytest.mark.slow
 def test_masked_lm_run_is_the_source_of_a_fine_tuning_run(tmp_path, shallow_checkpoints, data):
     cpt = tiny_run_config("lm", shallow_checkpoints["bert"], data, train__epochs=1)
     loop.run(cpt, tmp_path / "mlm")

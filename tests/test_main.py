@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ftjax.partition import count, param_table
 from tests.helpers import synthetic
@@ -17,6 +18,7 @@ from tests.helpers.tiny import make_checkpoint, make_dataset, write_splits
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_cli_trains_tests_and_evaluates(tmp_path):
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -95,6 +97,7 @@ def run_cli(module: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_cli_runs_ner_and_evaluate_reproduces(tmp_path):
     model = make_checkpoint(tmp_path / "model", "bert")
     sizes = {"train": 32, "validation": 16, "test": 16}
@@ -116,6 +119,7 @@ def test_cli_runs_ner_and_evaluate_reproduces(tmp_path):
             assert evaluated[metric] == value, metric
 
 
+@pytest.mark.slow
 def test_cli_evaluates_an_untrained_model_on_a_test_split_alone(tmp_path):
     """`ftjax.evaluate --config`: zero-shot text-to-text with beam search, no train split."""
     model = make_checkpoint(tmp_path / "model", "t5")

@@ -19,6 +19,9 @@ from ftjax import loop
 from tests.helpers import xla
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds for a whole two-process run; a deadlock fails, never hangs
 

@@ -5,7 +5,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.tiny import make_checkpoint
+
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
 

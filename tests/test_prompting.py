@@ -176,6 +176,7 @@ def test_bad_prompts_are_named(models):
         task.prepare_data({"test": TEST})
 
 
+@pytest.mark.slow
 def test_k_shot_over_seeds_with_calibration(tmp_path, models):
     data = write_splits(tmp_path / "data", synthetic.splits_of(synthetic.sentiment_rows))
     config = config_file("sentiment_prompt", f"model={models['gpt2']}")
@@ -197,6 +198,7 @@ def test_k_shot_over_seeds_with_calibration(tmp_path, models):
         assert (tmp_path / "run" / f"seed_{r['shot_seed']}" / "eval.json").is_file()
 
 
+@pytest.mark.slow
 def test_prompting_fine_tunes_through_the_lm_head(tmp_path, models):
     """PET-style: the label words' scores are the logits of a cross-entropy any method
     trains; a method that trains nothing is refused for training."""

@@ -66,6 +66,7 @@ def assert_same(got, want, tol=1e-6):
         np.testing.assert_allclose(grads[path], g, atol=tol, rtol=0, err_msg=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_remat_and_scan_give_the_same_losses_and_gradients(family):
     for name, peft in PEFTS.items():
@@ -152,6 +153,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["top_k", "lora"])
 def test_a_scanned_run_trains_what_the_unrolled_one_trains(runs, method):
     _, plain, plain_losses, _ = runs[method, False]
@@ -166,6 +168,7 @@ def test_a_scanned_run_trains_what_the_unrolled_one_trains(runs, method):
     assert in_layers == {"layer_1"}, sorted(moved)  # layer 0 stays as loaded
 
 
+@pytest.mark.slow
 def test_a_scanned_lora_run_exports_to_peft_as_before(runs, tmp_path):
     files = {}
     for scanned in (False, True):

@@ -40,6 +40,9 @@ from ftjax.models.base import PeftConfig, TensorMap
 from tests.helpers import xla
 from tests.helpers.tiny import tiny_model
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 MESHES = {"2x2x2": {"data": 2, "fsdp": 2, "tensor": 2}, "fsdp8": {"fsdp": 8}}
 PEFT = PeftConfig(lora_rank=4, lora_targets=r".*attention/(query|value)", adapter_size=4)

@@ -5,6 +5,9 @@ import pytest
 
 from tests.helpers.tiny import make_checkpoint
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 

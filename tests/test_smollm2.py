@@ -18,6 +18,9 @@ from ftjax import assets, generation  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer, save_pretrained  # noqa: E402
 from tests.helpers import xla  # noqa: E402
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "Hello"]
 NEW = 8
 

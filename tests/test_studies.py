@@ -18,6 +18,9 @@ TINY_RUN = (
     "--config.train.max_steps=2 --config.data.eval_examples=16 --config.data.test_examples=16"
 )
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -111,6 +111,7 @@ def commands_in(log: Path) -> int:
     return sum(line.startswith("$ ") for line in log.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_sweep_skips_finished_resumes_stopped_and_goes_past_failures(tmp_path):
     """Points in order: length 32 (runs), 4096 (too long for the model: fails when it
     runs), 48 (stopped by SIGTERM at its first checkpoint, then resumed)."""

@@ -22,6 +22,9 @@ from ftjax.models.base import PeftConfig
 from ftjax.models.hub import stack_depths
 from tests.helpers.tiny import tiny_model
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 NEW = 8
 IDS = jnp.array([[5, 6, 7, 8, 9, 10, 11, 2], [3, 4, 5, 2, 0, 0, 0, 0], [9, 2, 0, 0, 0, 0, 0, 0]])
 MASK = (IDS > 0).astype(jnp.int32)

@@ -49,6 +49,7 @@ E2E = [
         for e in E2E
     ],
 )
+@pytest.mark.slow
 def test_task_trains_end_to_end_well_above_chance(
     tmp_path, shallow_checkpoints, config_name, family, rows, fields, metric, floor
 ):

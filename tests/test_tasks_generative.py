@@ -14,6 +14,9 @@ from tests.helpers.runs import (
 )
 from tests.helpers.tiny import write_splits
 
+# Minutes, not seconds: outside the fast tier (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 # Long runs on a 30,522-word output layer: optimised machine code pays for its compile.
 OPTIMISED = {"train__xla_options": xla.XLA_DEFAULTS}
 # Label words on the encoder-decoder are the same path as free targets once rows are

@@ -45,6 +45,7 @@ def train_losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
 
+@pytest.mark.slow
 def test_sharded_meshes_match_one_device(tiny):
     """data=8 and data=2,fsdp=2,tensor=2 give one device's losses; params shard by the rules.
     (LoRA skips data=8: pure data parallelism does not depend on the method.)"""
@@ -83,6 +84,7 @@ def test_sharded_meshes_match_one_device(tiny):
             assert specs["encoder/layer_1/attention/value/lora_a"] == ["fsdp", None]
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_reproduces_the_run(tiny, tmp_path):
     config = config_for(tiny, epochs=2, checkpoint_every=1)
     straight = loop.run(config, tmp_path / "straight")
