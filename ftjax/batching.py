@@ -113,6 +113,17 @@ def buckets(max_length: int, step: int = 16) -> list[int]:
     return [*sizes, max_length]
 
 
+def coarse_buckets(max_length: int, smallest: int = 32) -> list[int]:
+    """[32, 64, 128, 256] for max_length 256: doubling widths, for batches whose every
+    width costs a long compile (a generation loop) more than the padding it saves."""
+    sizes = []
+    size = smallest
+    while size < max_length:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_length]
+
+
 def epoch_order(
     lengths: np.ndarray,
     batch_size: int,
@@ -309,13 +320,16 @@ def batches(
     pack_length: int = 0,
     row_step: int = 1,
     row_buckets: Sequence[int] = (),
+    widths: Mapping[str, Sequence[int]] | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(batch, example indices of its real rows) of `epoch`, from batch index `start` on.
 
     `limits` gives each length group's maximum (e.g. {"source": 64, "target": 16}).
-    `pack_length > 0` packs each batch's examples (`pack_batch`).
+    `pack_length > 0` packs each batch's examples (`pack_batch`). A group's widths are
+    multiples of `bucket_step`, unless `widths` names that group's own.
     """
     sizes = {group: buckets(limits[group], bucket_step) for group in data.groups}
+    sizes.update({g: list(w) for g, w in (widths or {}).items() if g in sizes})
     order = epoch_order(
         data.sort_key(), batch_size, seed, epoch, shuffle, sort, group_lengths=not pack_length
     )

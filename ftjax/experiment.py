@@ -246,6 +246,7 @@ def make_loader(config, task, params, mask, encoded: dict[str, Examples], batch_
         d.bucket_step,
         d.pack_length,
         batch_divisor,  # a packed batch's rows split over the mesh's batch axes
+        eval_widths=task.eval_widths(),
     )
     if "train" in tokens.roles:  # packed row counts bucketed over the batches it trains on
         per_epoch = tokens.num_batches("train")

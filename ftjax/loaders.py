@@ -34,6 +34,8 @@ class TokenLoader:
     pack_length: int = 0  # > 0: training batches packed into rows of this many tokens
     row_step: int = 1  # a packed batch's row count is a multiple of this
     row_buckets: tuple[int, ...] = ()  # ... and one of these (`with_row_buckets`)
+    # Evaluation widths of the groups a task pads coarsely (`Task.eval_widths`).
+    eval_widths: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def roles(self) -> set[str]:
@@ -86,6 +88,7 @@ class TokenLoader:
             shuffle=False,
             sort=True,  # shortest first: less padding; callers restore example order
             bucket_step=self.bucket_step,
+            widths=self.eval_widths,
         )
 
 

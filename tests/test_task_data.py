@@ -310,3 +310,22 @@ def test_headlines_config_turns_bbc_news_into_body_to_title(tmp_path, checkpoint
     ]
     for prompt in test.arrays["prompt"][:20]:
         assert len(prompt) <= config.data.max_length and list(prompt[: len(head)]) == head
+
+
+def test_generation_evaluation_pads_to_few_coarse_widths(tiny_decoders):
+    """Each eval width pair compiles the whole generation loop: seq2seq pads its groups to
+    doubling widths, so prompts of 1..120 tokens come in at most 4 widths (not 8 of 16)."""
+    from ftjax import batching
+    from ftjax.loaders import TokenLoader
+
+    assert batching.coarse_buckets(256) == [32, 64, 128, 256]
+    assert batching.coarse_buckets(100) == [32, 64, 100]
+    model, tokenizer = tiny_decoders["gpt2"]
+    task = standalone("seq2seq", model, tokenizer, label_column="", max_length=120)
+    rows = rows_of(*[{"source": "word " * n, "target": "x"} for n in range(1, 115, 3)])
+    examples = task.encode(rows, "test")
+    loader = TokenLoader(
+        {"test": examples}, 8, 4, task.group_limits(), 0, 16, eval_widths=task.eval_widths()
+    )
+    widths = {b["prompt"].shape[1] for b, _ in loader.eval_batches("test")}
+    assert widths <= set(batching.coarse_buckets(120)) and len(widths) > 1, widths

@@ -242,6 +242,11 @@ class Task:
         """Maximum length of each length group (see ftjax.batching)."""
         return {"source": self.config.data.max_length}
 
+    def eval_widths(self) -> dict[str, list[int]]:
+        """Evaluation widths of the length groups this task pads its own way (default:
+        none; every group in multiples of `data.bucket_step`)."""
+        return {}
+
     def prepare_data(self, splits: Mapping[str, Any]) -> None:
         """Sees every loaded split (name -> rows) before any is encoded: e.g. to draw
         in-context demonstrations from the training split."""

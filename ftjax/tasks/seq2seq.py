@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax import generation
-from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.batching import IGNORE, Examples, Seq, coarse_buckets
 from ftjax.tasks import demonstrations, scoring
 from ftjax.tasks.base import (
     RowChecker,
@@ -111,6 +111,12 @@ class TextToText(Task):
         if self.encoder_decoder:
             return {"source": d.max_length, "target": d.max_target_length}
         return {"source": d.max_length + d.max_target_length, "prompt": d.max_length}
+
+    def eval_widths(self) -> dict[str, list[int]]:
+        """Doubling widths (`batching.coarse_buckets`): every (source / prompt, target)
+        width pair compiles the whole generation loop again, which costs more than the
+        padding the finer buckets save."""
+        return {group: coarse_buckets(limit) for group, limit in self.group_limits().items()}
 
     # ------------------------------------------------------------------ data
 
