@@ -21,25 +21,25 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The longest files (seconds on this machine, cold compilation cache), run first: with
+# The longest files (seconds on this machine), run first: with
 # `--dist loadfile` a long file that starts last leaves the other worker idle at the end.
 LONGEST_FIRST = (
-    "test_studies.py",  # 124
-    "test_tasks_generative.py",  # 94
-    "test_trainer.py",  # 78
-    "test_methods.py",  # 73
-    "test_main.py",  # 72
-    "test_scale.py",  # 86 (remat, scan, dtypes)
+    "test_studies.py",  # 131 (warm cache, 510-test run of 21d1aad)
+    "test_main.py",  # 65
     "test_sweep.py",  # 62
-    "test_task_matrix_more.py",  # 53
-    "test_smollm2.py",  # 45
-    "test_tasks.py",  # 40
-    "test_export.py",  # 37
-    "test_prompting.py",  # 35
-    "test_peft_export.py",  # 35
-    "test_generation.py",  # 33
-    "test_multihost.py",  # 31
-    "test_task_matrix.py",  # 31
+    "test_tasks_generative.py",  # 55
+    "test_trainer.py",  # 50
+    "test_multihost.py",  # 43
+    "test_smollm2.py",  # 40
+    "test_scale.py",  # 40
+    "test_sharded_loading.py",  # 30
+    "test_task_matrix_more.py",  # 30
+    "test_task_matrix.py",  # 27
+    "test_t5_cache.py",  # 25
+    "test_export.py",  # 25
+    "test_prompting.py",  # 20
+    "test_generation.py",  # 18
+    "test_accelerator_check.py",  # 14
 )
 
 
