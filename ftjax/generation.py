@@ -39,6 +39,37 @@ def init_cache(run: Callable[[], tuple[Any, dict]]) -> dict:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["cache"])
 
 
+def prompt_cache(
+    model: nn.Module,
+    params,
+    run: Callable[..., tuple[Any, dict]],
+    context: Array | None,
+    rows: int,
+    length: int,
+) -> tuple[dict, str]:
+    """(the cache each of `rows` prompts starts from, the phase to run them in) for a
+    causal decoder whose cache spans `length` positions: after a shared `context` [D]
+    (k-shot demonstrations), run once at batch size 1 by `run(cache, ids, mask,
+    positions, phase) -> (logits, cache)` and given to every row ("step"), or empty
+    ("prefill")."""
+
+    def empty(batch: int) -> dict:
+        dummy = jnp.zeros((batch, length), jnp.int32)
+        return init_cache(
+            lambda: model.apply(
+                {"params": params}, dummy, jnp.ones_like(dummy), dummy, decode="prefill",
+                mutable=["cache"],
+            )
+        )  # fmt: skip
+
+    if context is None or not context.shape[0]:
+        return empty(rows), "prefill"
+    single = jnp.ones((1, length), jnp.int32)
+    positions = jnp.arange(context.shape[0])[None]
+    _, cache = run(empty(1), context[None], single, positions, "prefill")
+    return take_rows(cache, jnp.zeros((rows,), jnp.int32)), "step"
+
+
 class CausalDecoder:
     """Decoder-only models: the prompt fills the cache, then one token per step."""
 
@@ -61,15 +92,6 @@ class CausalDecoder:
         )
         return out.logits[:, 0], variables["cache"]
 
-    def _empty_cache(self, params, rows: int, length: int) -> dict:
-        dummy = jnp.zeros((rows, length), jnp.int32)
-        return init_cache(
-            lambda: self.model.apply(
-                {"params": params}, dummy, jnp.ones_like(dummy), dummy, decode="prefill",
-                mutable=["cache"],
-            )
-        )  # fmt: skip
-
     def start(self, params, ids: Array, mask: Array) -> tuple[Array, dict]:
         batch, context = ids.shape[0], self.context
         shared = 0 if context is None else context.shape[0]
@@ -81,15 +103,8 @@ class CausalDecoder:
             ],
             1,
         )
-        phase = "prefill"
-        if shared:
-            single = jnp.ones((1, full.shape[1]), mask.dtype)
-            cache = self._empty_cache(params, 1, full.shape[1])
-            positions = jnp.arange(shared)[None]
-            _, cache = self._apply(params, cache, context[None], single, positions, "prefill")
-            cache, phase = take_rows(cache, jnp.zeros((batch,), jnp.int32)), "step"
-        else:
-            cache = self._empty_cache(params, batch, full.shape[1])
+        run = lambda *args: self._apply(params, *args)  # noqa: E731
+        cache, phase = prompt_cache(self.model, params, run, context, batch, full.shape[1])
         # Positions count real tokens only, so left padding leaves them unchanged.
         positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
         logits, cache = self._apply(params, cache, ids, full, positions, phase)

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.generation import init_cache, take_rows
+from ftjax.generation import prompt_cache, take_rows
 
 Array = jax.Array
 
@@ -83,22 +83,8 @@ def causal_choices(
         )
         return out.logits, variables["cache"]
 
-    def empty_cache(rows: int):
-        dummy = jnp.zeros((rows, total), jnp.int32)
-        full = jnp.ones((rows, total), mask.dtype)
-        return init_cache(
-            lambda: model.apply(
-                {"params": params}, dummy, full, dummy, decode="prefill", mutable=["cache"]
-            )
-        )
-
-    if shared:  # the demonstrations: encoded once, then every row reads the same cache
-        single = jnp.ones((1, total), mask.dtype)
-        _, cache = run(empty_cache(1), context[None], single, jnp.arange(shared)[None], "prefill")
-        cache = _repeat_rows(cache, 1, batch)
-        phase = "step"
-    else:
-        cache, phase = empty_cache(batch), "prefill"
+    # The demonstrations: encoded once, then every row reads the same cache.
+    cache, phase = prompt_cache(model, params, run, context, batch, total)
     # Positions count real tokens only, so left padding leaves them unchanged.
     real = jnp.cumsum(query_mask, axis=1)
     # Only the prompt's last token is read: it predicts each choice's first.
