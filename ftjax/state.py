@@ -91,15 +91,13 @@ def _converter(stacked: bool, dtype: np.dtype, target: jax.sharding.Sharding):
 def _store(values: list, stacked: bool, dtype: np.dtype, target: jax.sharding.Sharding):
     """One stored param in `target`. A canonical param already in place (loaded sharded,
     unstacked, its dtype kept) is used as it is: no copy; a host value (a task head) is
-    handed over slice by slice."""
+    handed over slice by slice; the rest (stacked or cast) is built on the devices, the
+    host zeros of a stack's inert LoRA layers beside global arrays."""
     first = values[0]
     if not stacked and np.dtype(first.dtype) == dtype:
         if isinstance(first, jax.Array) and first.sharding.device_set == target.device_set:
             return jax.device_put(first, target)  # a no-op when it is laid out so already
         return sharding.place(np.asarray(first), target)
-    on_devices = all(isinstance(v, jax.Array) for v in values)
-    if not on_devices:
-        values = [np.asarray(v) for v in values]
     return _converter(stacked, dtype, target)(values)
 
 

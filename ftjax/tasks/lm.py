@@ -309,7 +309,7 @@ class LanguageModeling(Task):
             **model_inputs(batch, ()),
             deterministic=rng is None,
             rngs={"dropout": dropout_key} if dropout_key is not None else None,
-            **({} if read is None else {"logit_positions": read}),
+            logit_positions=read,
         ).logits.astype(jnp.float32)
         if self.objective() == "causal":
             logits = logits[:, :-1]
