@@ -121,8 +121,8 @@ def train_step(model: str, data: str, method: str, shape: tuple, peak: float | N
     stored bf16, full fine-tuning's float32 master weights), timed on one packed batch."""
     import jax
 
-    from ftjax import experiment, loop, state, steps
-    from ftjax.config import base_config
+    from ftjax.training import experiment, loop, state, steps
+    from ftjax.training.config import base_config
 
     examples, row_tokens, timed = shape
     arg = f"model={model},method={method},dtype=bfloat16"

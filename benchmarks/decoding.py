@@ -56,8 +56,7 @@ def alternate(before, after, args: tuple, pairs: int) -> dict:
 
 
 def t5_rows(args) -> list[dict]:
-    from ftjax import generation
-    from ftjax.models import T5Config, T5Model, init_params
+    from ftjax.models import T5Config, T5Model, generation, init_params
 
     config = T5Config(
         vocab_size=32128, hidden_size=args.d_model, head_dim=64, num_heads=args.d_model // 64,
@@ -111,15 +110,15 @@ def reversal_rows(n: int, seed: int):
 
 
 def kshot_rows(args) -> list[dict]:
-    from ftjax.batching import batches
+    from ftjax.data.batching import batches
     from ftjax.models import from_pretrained, load_tokenizer
-    from ftjax.tasks import standalone
+    from ftjax.training.config import standalone_task
 
     model, params = from_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
 
     def run(shared: bool):
-        task = standalone(
+        task = standalone_task(
             "seq2seq", model, tokenizer, label_column="", shots=args.shots,
             source_prefix="Reverse the words: ", separator="\nReversed:",
             target_delimiter=" ", max_length=args.max_length, max_target_length=args.new,

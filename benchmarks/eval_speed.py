@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     overrides = DEFAULT[1] if args.set is None and args.config == DEFAULT[0] else args.set or []
 
-    from ftjax.experiment import build
-    from ftjax.state import initial_state
-    from ftjax.steps import Steps
+    from ftjax.training.experiment import build
+    from ftjax.training.state import initial_state
+    from ftjax.training.steps import Steps
 
     tic = time.perf_counter()
     config = load_config(args.config, overrides)

@@ -42,8 +42,9 @@ def measure(model: str, row: str) -> dict:
     import jax
     import numpy as np
 
-    from ftjax import partition, sharding
+    from ftjax.core import partition
     from ftjax.models import from_pretrained, streaming
+    from ftjax.training import sharding
 
     jax.devices()  # the backend's own memory belongs to the baseline
     before = current_rss_mb()
@@ -74,8 +75,9 @@ def check(model: str) -> int:
     """Every param loaded both ways, compared bit for bit (one device)."""
     import numpy as np
 
-    from ftjax import partition, sharding
+    from ftjax.core import partition
     from ftjax.models import from_pretrained, streaming
+    from ftjax.training import sharding
 
     _, host = from_pretrained(model)
     mesh = sharding.make_mesh({"data": 1})

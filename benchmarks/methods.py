@@ -56,8 +56,8 @@ def real_batch(task, seed: int = 0) -> dict:
     """Sentences seed*32.. of the train split, encoded by `task`, padded to 64 tokens."""
     import numpy as np
 
-    from ftjax import batching
-    from ftjax.data import load_splits
+    from ftjax.data import batching
+    from ftjax.data.splits import load_splits
 
     rows = load_splits("sentiment")["train"].select(range(seed * BATCH, (seed + 1) * BATCH))
     encoded = task.encode(rows, "train")
@@ -86,15 +86,16 @@ def run_one(model_name: str, method_name: str, steps: int) -> dict:
     import numpy as np
     import optax
 
-    from ftjax import methods, partition
-    from ftjax.experiment import unreached_params
-    from ftjax.tasks import standalone
-    from ftjax.train import create_state, make_train_step
+    from ftjax import methods
+    from ftjax.core import partition
+    from ftjax.training.config import standalone_task
+    from ftjax.training.experiment import unreached_params
+    from ftjax.training.train import create_state, make_train_step
 
     model, params = load_model(model_name)
     method = methods.resolve("probe" if method_name == "probe_cached" else method_name, model)
     model, params = methods.apply(method, model, params)
-    task = standalone("classification", model, tokenizer_of(model_name), head_dropout=0.0)
+    task = standalone_task("classification", model, tokenizer_of(model_name), head_dropout=0.0)
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}
     mask = methods.trainable_mask(method, params, unreached_params(task, params))
     tx = optax.adamw(1e-4)
@@ -190,7 +191,7 @@ def main() -> int:
                 return 1
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    from ftjax.data import load_splits
+    from ftjax.data.splits import load_splits
 
     table = report(rows, len(load_splits("sentiment")["train"]))
     print(table)

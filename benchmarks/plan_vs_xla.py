@@ -96,7 +96,8 @@ def run_case(name: str) -> dict:
     """One case in this process (its XLA_FLAGS must give the devices)."""
     import jax
 
-    from ftjax import planning, planning_memory
+    from ftjax.planning import abstract as planning
+    from ftjax.planning import memory as planning_memory
 
     case = CASES[name]
     config = config_for(case)

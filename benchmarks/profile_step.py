@@ -173,19 +173,20 @@ def build_step(model_name: str, method_name: str, length: int, dropout: float):
     import numpy as np
     import optax
 
-    from ftjax import batching, methods
-    from ftjax.data import load_splits
-    from ftjax.experiment import unreached_params
+    from ftjax import methods
+    from ftjax.data import batching
+    from ftjax.data.splits import load_splits
     from ftjax.models import from_pretrained, load_tokenizer
-    from ftjax.tasks import standalone
-    from ftjax.train import create_state, make_train_step
+    from ftjax.training.config import standalone_task
+    from ftjax.training.experiment import unreached_params
+    from ftjax.training.train import create_state, make_train_step
 
     model, params = from_pretrained(model_name)
     config = dataclasses.replace(model.config, hidden_dropout=dropout, attention_dropout=dropout)
     model = type(model)(config)
     method = methods.resolve(method_name, model)
     model, params = methods.apply(method, model, params)
-    task = standalone(
+    task = standalone_task(
         "classification", model, load_tokenizer(model_name), head_dropout=dropout, max_length=length
     )
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}

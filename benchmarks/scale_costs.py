@@ -21,7 +21,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ftjax import methods, partition
+from ftjax import methods
+from ftjax.core import partition
 from ftjax.models import from_pretrained, init_params, stacking
 from ftjax.models.hub import stack_depths
 from ftjax.models.llama import LlamaConfig, LlamaModel

@@ -44,7 +44,7 @@ def sample_rows(steps: int, seed: int = 0):
     """32 x (steps + 1) rows of the movie-review train split (a fixed random draw)."""
     import numpy as np
 
-    from ftjax.data import load_splits
+    from ftjax.data.splits import load_splits
 
     train = load_splits("sentiment")["train"]
     chosen = np.random.default_rng(seed).choice(len(train), BATCH * (steps + 1), replace=False)
@@ -55,7 +55,7 @@ def ftjax_batches(task, rows, padding: str) -> list[dict]:
     """The batches ftjax computes for `rows` under `padding`; one mode is one branch."""
     import numpy as np
 
-    from ftjax import batching
+    from ftjax.data import batching
 
     examples = task.encode(rows, "train")
     if padding == "equal":
@@ -73,20 +73,20 @@ def run_ftjax(model_dir: str, method_name: str, padding: str, steps: int) -> dic
     import optax
 
     from ftjax import methods
-    from ftjax.experiment import unreached_params
     from ftjax.models import from_pretrained, load_tokenizer
-    from ftjax.tasks import standalone
-    from ftjax.train import create_state, make_train_step
+    from ftjax.training.config import standalone_task
+    from ftjax.training.experiment import unreached_params
+    from ftjax.training.train import create_state, make_train_step
 
     model, params = from_pretrained(model_dir)
     method = methods.resolve(method_name, model)
     model, params = methods.apply(method, model, params)
-    task = standalone(
+    task = standalone_task(
         "classification", model, load_tokenizer(model_dir), num_labels=2, pooling="pooler",
         max_length=LENGTH, head_dropout=0.1,
     )  # fmt: skip
     if padding == "packed":  # the pooler reads each row's first slot: pool by [CLS]
-        task = standalone(
+        task = standalone_task(
             "classification", model, load_tokenizer(model_dir), num_labels=2, pooling="cls",
             max_length=LENGTH, head_dropout=0.1, pack_length=LENGTH,
         )  # fmt: skip
@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if set(chosen) - set(known):
             parser.error(f"--{name} {sorted(set(chosen) - set(known))}: choose from {known}")
     if not args.model:
-        from ftjax import assets
+        from ftjax.data import assets
 
         args.model = str(assets.fetch("minilm"))
     return args

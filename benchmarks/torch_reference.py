@@ -44,7 +44,7 @@ import torch
 import transformers
 from torch.utils.data import DataLoader
 
-from ftjax.config import METHOD_LEARNING_RATES
+from ftjax.training.config import METHOD_LEARNING_RATES
 
 METHODS = ("full", "lora", "prefix", "prompt", "probe")
 BATCH, EVAL_BATCH, MAX_LENGTH, NUM_LABELS = 32, 64, 64, 2
@@ -111,7 +111,7 @@ def encode(split: datasets.Dataset, tokenizer: Tokenizer) -> list[dict]:
 
 def loaders(data: str, tokenizer: Tokenizer, seed: int) -> dict[str, DataLoader]:
     """Train (shuffled, seeded) and eval loaders; each batch padded to its longest row."""
-    from ftjax.data import load_splits
+    from ftjax.data.splits import load_splits
 
     splits = load_splits(data)
     collate = transformers.DataCollatorWithPadding(tokenizer)
@@ -251,7 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if not args.model:
-        from ftjax import assets
+        from ftjax.data import assets
 
         args.model = str(assets.fetch("minilm"))
     return args

@@ -3,7 +3,7 @@
 python -m ftjax.main --config configs/bbc_news.py:model=minilm,method=lora --workdir runs/x
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ demonstrations are the training split of `experiments/data/capitals` (12 test st
 
 from pathlib import Path
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 DATA = Path(__file__).resolve().parents[1] / "experiments" / "data" / "capitals"
 

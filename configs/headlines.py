@@ -12,7 +12,7 @@ tokens. Zero-shot, nothing trained:
     python -m ftjax.evaluate --config configs/headlines.py:model=smollm2 --workdir runs/zero
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 INSTRUCTION = "Write a short headline for this news article.\n\n"
 

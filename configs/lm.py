@@ -7,7 +7,7 @@ for decoders; loss and perplexity. The step before fine-tuning on in-domain text
 Default text: the movie-review sentences of the `sentiment` asset (`data.text_column`).
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@ word, entity-level F1 (seqeval semantics).
     python -m ftjax.main --config configs/ner.py:model=minilm,method=lora --workdir runs/x
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ message, so point `data.name` at local SQuAD-format files. For SQuAD 2.0 data se
 `--config.task.unanswerable=true` (and `data.name=squad_v2` online).
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

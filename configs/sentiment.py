@@ -7,7 +7,7 @@ ftjax.methods; default lora), dtype= (float32 default, or bfloat16). Every field
 overridden from the shell, e.g. --config.method.rank=16 --config.train.epochs=3.
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

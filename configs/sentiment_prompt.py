@@ -16,7 +16,7 @@ A masked LM (MiniLM) scores the words at a [MASK]:
 `--config.task.template="{text} It was {label}."`.
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@ of the bundled `sentiment` asset (the column its binary label is derived from).
     python -m ftjax.main --config configs/sentiment_regression.py:method=lora --workdir runs/x
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ By default it is movie-review sentiment as text: the target is the label's word
 the default model of the other configs, is an encoder and is refused).
 """
 
-from ftjax.config import base_config
+from ftjax.training.config import base_config
 
 
 def get_config(arg=None):

@@ -13,10 +13,11 @@ import time
 
 import numpy as np
 
-from ftjax import batching, probe
-from ftjax.data import load_splits
+from ftjax.data import batching
+from ftjax.data.splits import load_splits
 from ftjax.models import from_pretrained, load_tokenizer
-from ftjax.tasks import standalone
+from ftjax.training import probe
+from ftjax.training.config import standalone_task
 
 CHOICES = [
     ("mean", "last"),
@@ -38,12 +39,12 @@ def main() -> None:
     model, params = from_pretrained("minilm")
     tokenizer = load_tokenizer("minilm")
     splits = load_splits("sentiment")
-    encoder = standalone("classification", model, tokenizer)
+    encoder = standalone_task("classification", model, tokenizer)
     data = {s: encoder.encode(splits[s], s) for s in ("train", "validation", "test")}
     print("| features | head | l2 | validation | test | seconds |")
     print("|---|---|---:|---:|---:|---:|")
     for pooling, layers in CHOICES:
-        task = standalone("classification", model, tokenizer, pooling=pooling, layers=layers)
+        task = standalone_task("classification", model, tokenizer, pooling=pooling, layers=layers)
         start = time.perf_counter()
         feats = {
             s: (

@@ -21,16 +21,16 @@ def set_up_logging() -> None:
 
 def reporting_user_errors(run: Callable[[], T]) -> T:
     """Runs `run`; a config, data, source or resume error exits with its message."""
-    from ftjax import loop
-    from ftjax.checkpoints import ResumeError
-    from ftjax.config import ConfigError
-    from ftjax.hf_classes import ExportError
-    from ftjax.launch import LaunchError
+    from ftjax.core.partition import PatternError
+    from ftjax.data.sources import SourceError
+    from ftjax.interop.hf_classes import ExportError
     from ftjax.methods import MethodError
     from ftjax.models.hub import CheckpointError
-    from ftjax.partition import PatternError
-    from ftjax.sources import SourceError
     from ftjax.tasks import DataRowError
+    from ftjax.training import loop
+    from ftjax.training.checkpoints import ResumeError
+    from ftjax.training.config import ConfigError
+    from ftjax.training.launch import LaunchError
 
     kinds = (
         ((ConfigError, MethodError, PatternError, LaunchError), "config error", 2),

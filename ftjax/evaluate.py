@@ -33,8 +33,8 @@ STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step
 
 
 def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
-    from ftjax import steps
-    from ftjax.loop import restore_run
+    from ftjax.training import steps
+    from ftjax.training.loop import restore_run
 
     workdir = Path(workdir)
     exp, restored, shardings, chosen = restore_run(workdir, step, data)
@@ -47,7 +47,7 @@ def evaluate_untrained(
 ) -> dict:
     """Test metrics of `config`'s model with nothing trained (step 0), written to
     WORKDIR/eval[_NAME].json beside the config."""
-    from ftjax import experiment, loop, state, steps
+    from ftjax.training import experiment, loop, state, steps
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def evaluate_untrained(
 
 
 def _write(workdir: Path, data: str | None, where: dict, metrics: dict) -> dict:
-    from ftjax.loop import to_plain
+    from ftjax.training.loop import to_plain
 
     result = {"workdir": str(workdir), **where, "test": metrics}
     name = "eval.json" if data is None else f"eval_{Path(data).stem}.json"
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
         )
     else:
         result = cli.reporting_user_errors(lambda: evaluate(WORKDIR.value, DATA.value, STEP.value))
-    from ftjax.loop import format_metrics
+    from ftjax.training.loop import format_metrics
 
     print(f"test {format_metrics(result['test'])} (step {result['step']}, data {result['data']})")
     sys.stdout.flush()

@@ -4,11 +4,11 @@
 
 - `peft`: `adapter_config.json` + `adapter_model.safetensors` that
   `peft.PeftModel.from_pretrained` loads onto the transformers class matching the task
-  (`ftjax.peft_format`): LoRA, prefix (not T5) and prompt tuning, the head under
+  (`ftjax.interop.peft_format`): LoRA, prefix (not T5) and prompt tuning, the head under
   `modules_to_save`.
 - `hf`: a transformers checkpoint folder, LoRA merged, the head included, config.json
-  naming the `*For<Task>` / LM class (`ftjax.hf_format`), with the tokenizer.
-- `ftjax`: every parameter as ftjax runs it (`ftjax.native_format`), for what neither
+  naming the `*For<Task>` / LM class (`ftjax.interop.hf_format`), with the tokenizer.
+- `ftjax`: every parameter as ftjax runs it (`ftjax.interop.native_format`), for what neither
   can represent; the reasons the other two refused are printed and stored.
 
 A refusal names the method or field and the format that would work; nothing is written
@@ -24,80 +24,19 @@ import logging
 import sys
 from pathlib import Path
 
-from ftjax import hf_classes, hf_format, methods, native_format, peft_format
-from ftjax.hf_classes import ExportError
-from ftjax.models import load_tokenizer, save_pretrained, stacking
-from ftjax.state import canonical_params
+from ftjax.interop import hf_classes, hf_format, native_format, peft_format
+from ftjax.interop.hf_classes import ExportError
+from ftjax.models import load_tokenizer
+from ftjax.training.backbone import (
+    export_backbone,
+    is_run,
+    restore_params,
+)
 
 log = logging.getLogger("ftjax")
-STAMP = "ftjax_export.json"
 FORMATS = ("peft", "hf", "ftjax")
 
 __all__ = ["ExportError", "export_backbone", "export_run", "is_run", "main"]
-
-
-def is_run(path: str | Path) -> bool:
-    """Whether `path` is an ftjax workdir (its run config and checkpoints)."""
-    path = Path(path)
-    config = path / "config.json"
-    if not (config.is_file() and (path / "checkpoints").is_dir()):
-        return False
-    return {"model", "method", "task"} <= set(json.loads(config.read_text()))
-
-
-def _restore(workdir: Path, step: str):
-    """(experiment, host params pytree, chosen step) of checkpoint `step`."""
-    from ftjax.loop import restore_run
-
-    exp, state, _, chosen = restore_run(workdir, step)
-    params = canonical_params(exp, state)
-    exp.task.attach(stacking.unscanned(exp.task.model))  # exports speak per-layer paths
-    return exp, params, chosen
-
-
-def _chosen(workdir: Path, step: str) -> int:
-    from ftjax.loop import checkpoint_manager, chosen_step, run_config
-
-    mngr = checkpoint_manager(run_config(workdir), workdir)
-    try:
-        return chosen_step(mngr, step, workdir)
-    finally:
-        mngr.close()
-
-
-def export_backbone(workdir: str | Path, step: str = "latest", out: str | Path | None = None):
-    """Writes the backbone of checkpoint `step` (latest, best or a number) and returns the
-    folder (default WORKDIR/export/step_<N>; reused when it is already there). The folder
-    holds config.json + model.safetensors (LoRA merged; an MLM or LM head the task trained
-    included) and the run's tokenizer. A classification-style task head is not part of a
-    backbone: it is left out by name (`drop`), and `export_run(..., "hf")` keeps it."""
-    from ftjax.loop import run_config
-
-    workdir = Path(workdir)
-    config = run_config(workdir)
-    refuse_unmergeable(config.method.name)
-    chosen = _chosen(workdir, step)
-    out = Path(out) if out else workdir / "export" / f"step_{chosen}"
-    if (out / STAMP).is_file():
-        return out
-    exp, params, _ = _restore(workdir, str(chosen))
-    model = exp.task.model
-    if model.config.peft.lora_rank:
-        model, params, _ = methods.merge_lora(model, params)
-    save_pretrained(model, params, out, drop=(methods.HEAD_PATTERN,))
-    load_tokenizer(config.model.name).save_pretrained(out)
-    stamp = {"workdir": str(workdir.absolute()), "step": chosen, "source": config.model.name}
-    (out / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-    return out
-
-
-def refuse_unmergeable(method: str) -> None:
-    if method in ("adapter", "prefix", "prompt"):
-        raise ExportError(
-            f"method {method} adds parameters a plain transformers checkpoint cannot hold; "
-            "a run can start from a run that trained full, selective, BitFit, LayerNorm, "
-            "top-k or LoRA (merged); `python -m ftjax.export --format ftjax` keeps the run"
-        )
 
 
 def export_run(
@@ -108,7 +47,7 @@ def export_run(
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}; choose {', '.join(FORMATS)}")
     workdir = Path(workdir)
-    exp, params, chosen = _restore(workdir, step)
+    exp, params, chosen = restore_params(workdir, step)
     out = Path(out) if out else workdir / "export" / f"{fmt}_step_{chosen}"
     model, source = exp.task.model, exp.config.model.name
     trained = {p for p, on in exp.mask.items() if on}

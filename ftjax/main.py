@@ -6,7 +6,7 @@ Without flags it runs the embedded default: LoRA on the bundled MiniLM on the bu
 movie-review sentiment data, then prints the test accuracy. Every config field can be
 overridden (`--config.method.rank=16`); a workdir with checkpoints resumes. On several
 hosts run the same command on each: a TPU pod slice, a SLURM step or Open MPI is detected
-(`ftjax.launch`); elsewhere pass --coordinator_address, --num_processes and --process_id.
+(`ftjax.training.launch`); elsewhere pass --coordinator_address, --num_processes and --process_id.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ftjax import cli, configs, launch
+from ftjax import cli, configs
+from ftjax.training import launch
 
 # From the installed package ftjax.configs (= configs/), with or without the source tree.
 DEFAULT_CONFIG = str(Path(configs.__file__).parent / "sentiment.py")
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> None:
         launch.initialize(
             DISTRIBUTED.value, COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value
         )
-        from ftjax import loop
+        from ftjax.training import loop
 
         return loop.run(CONFIG.value, WORKDIR.value)
 

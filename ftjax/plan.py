@@ -5,7 +5,7 @@
         --config.data.max_length=2048 --config.model.dtype=bfloat16 [--check]
 
 Prints per-device bytes (params trainable / frozen by dtype, optimizer state, gradients,
-the batch, saved activations and the peak working set; `ftjax.planning_memory` says
+the batch, saved activations and the peak working set; `ftjax.planning.memory` says
 how each is estimated) and the step's FLOPs, for any config.json (`model=` a bundled
 shape: llama2-7b-shape, bert-large-uncased-shape, t5-v1_1-xl-shape; a config.json
 file; or any model source). `--check` compiles the same step ahead of time on abstract
@@ -39,8 +39,8 @@ CHIPS = {"16 GiB (TPU v4 / v5e)": 16 * 2**30, "80 GiB (H100)": 80 * 2**30}
 
 def mesh_axes(text: str) -> dict[str, int]:
     """ "fsdp=64" -> {"data": 1, "fsdp": 64, "tensor": 1}."""
-    from ftjax.config import parse_arg
-    from ftjax.sharding import MESH_AXES
+    from ftjax.training.config import parse_arg
+    from ftjax.training.sharding import MESH_AXES
 
     sizes = {axis: 1 for axis in MESH_AXES}
     for axis, value in parse_arg(text).items():
@@ -68,8 +68,8 @@ def set_config(config, mesh: dict[str, int] | None) -> None:
 
 def report(command: str, setup, plan, xla=None, xla_flops=None) -> str:
     """The plan as text: the run, the per-device table, FLOPs, what fits."""
-    from ftjax import planning
-    from ftjax.planning_memory import gib
+    from ftjax.planning import abstract as planning
+    from ftjax.planning.memory import gib
 
     cfg, mesh = setup.model.config, setup.mesh
     trainable = sum(math.prod(v.shape) for v in setup.trainable.values())
@@ -130,7 +130,8 @@ def main(argv: list[str]) -> None:
         os.environ["XLA_FLAGS"] = f"{xla_flags} {DEVICE_COUNT}={devices}".strip()
     import jax
 
-    from ftjax import planning, planning_memory
+    from ftjax.planning import abstract as planning
+    from ftjax.planning import memory as planning_memory
 
     def run() -> None:
         config = CONFIG.value

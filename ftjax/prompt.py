@@ -33,7 +33,7 @@ def over_seeds(
     """Test metrics of `config` untrained (on `data`'s test split if given), once per
     demonstration seed, and their mean and standard deviation; written to
     WORKDIR/eval.json."""
-    from ftjax.loop import to_plain
+    from ftjax.training.loop import to_plain
 
     if seeds < 1:
         raise ValueError(f"--seeds={seeds}: at least 1")

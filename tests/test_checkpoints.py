@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax import checkpoints
-from ftjax.train import create_state
+from ftjax.training import checkpoints
+from ftjax.training.train import create_state
 
 
 def tiny_state():

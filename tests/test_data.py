@@ -1,4 +1,4 @@
-"""ftjax.data.load_splits: bundled assets, local directories and files, hub ids offline."""
+"""ftjax.data.splits.load_splits: bundled assets, local directories and files, hub ids offline."""
 
 import json
 import time
@@ -6,9 +6,10 @@ import time
 import datasets
 import pytest
 
-from ftjax import assets, data
-from ftjax.data import DataError, load_splits
-from ftjax.sources import SourceError
+from ftjax.data import assets
+from ftjax.data import splits as data
+from ftjax.data.sources import SourceError
+from ftjax.data.splits import DataError, load_splits
 
 
 @pytest.fixture(autouse=True)

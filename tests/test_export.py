@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import loop, partition, peft_format
+from ftjax.core import partition
 from ftjax.export import STAMP, ExportError, export_backbone, is_run
+from ftjax.interop import peft_format
 from ftjax.models import from_pretrained
+from ftjax.training import loop
 from tests.helpers import synthetic
 from tests.helpers.runs import tiny_run_config
 from tests.helpers.tiny import write_splits
@@ -129,9 +131,9 @@ def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoint
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    from ftjax import native_format
     from ftjax.evaluate import evaluate_untrained
     from ftjax.export import main
+    from ftjax.interop import native_format
 
     config = tiny_run_config(
         "sentiment", shallow_checkpoints["bert"], data, "lora", train__epochs=1
@@ -188,9 +190,9 @@ def test_run_exports_in_every_format_and_each_loads(tmp_path, shallow_checkpoint
 
 
 def test_refusals_name_the_format_that_works(tmp_path, shallow_checkpoints, data, capsys):
-    from ftjax import native_format
     from ftjax.evaluate import evaluate_untrained
     from ftjax.export import main
+    from ftjax.interop import native_format
 
     config = tiny_run_config("lm", shallow_checkpoints["gpt2"], data, "prefix", train__epochs=1)
     config.method.length = 2

@@ -18,8 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftjax import generation  # noqa: E402
-from ftjax.models import from_pretrained, hub  # noqa: E402
+from ftjax.models import (  # noqa: E402
+    from_pretrained,
+    generation,  # noqa: E402
+    hub,
+)
 from ftjax.models.base import PeftConfig  # noqa: E402
 from ftjax.models.hub import complete_params, override_config  # noqa: E402
 

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ftjax.batching import buckets, pad_batch
+from ftjax.data.batching import buckets, pad_batch
 from ftjax.models import from_pretrained, load_tokenizer
 from ftjax.models.base import PeftConfig
 from ftjax.models.hub import complete_params
-from ftjax.tasks import seq2seq, standalone
+from ftjax.tasks import seq2seq
+from ftjax.training.config import standalone_task
 from tests.helpers.tiny import make_checkpoint
 
 CAPITALS = [
@@ -63,7 +64,7 @@ def test_shared_demonstrations_generate_the_same_tokens(tmp_path, case):
         tokenizer.chat_template = CHATML
     # The chat template's markers take many WordPiece tokens (rotary Llama has room).
     limit = {"max_length": 160} if frame == "chat" else {}
-    task = standalone("seq2seq", model, tokenizer, **{**OPTIONS, **limit}, prompt_format=frame)
+    task = standalone_task("seq2seq", model, tokenizer, **{**OPTIONS, **limit}, prompt_format=frame)
     task.prepare_data({"train": rows(CAPITALS[:4]), "test": rows(CAPITALS[4:])})
     test = rows([("nevada", "x"), ("a long and winding state name", "y"), ("utah", "z")])
     examples = task.encode(test, "test")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ftjax import launch
+from ftjax.training import launch
 
 SLURM_STEP = {  # task 1 of a two-task srun step over two nodes
     "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NTASKS": "2",

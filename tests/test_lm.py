@@ -14,10 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftjax.batching import pad_batch  # noqa: E402
-from ftjax.data import load_splits  # noqa: E402
+from ftjax.data.batching import pad_batch  # noqa: E402
+from ftjax.data.splits import load_splits  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
-from ftjax.tasks import TaskError, span_corruption, standalone  # noqa: E402
+from ftjax.tasks import TaskError, span_corruption  # noqa: E402
+from ftjax.training.config import standalone_task  # noqa: E402
 from tests.helpers import synthetic  # noqa: E402
 from tests.helpers.tiny import make_checkpoint  # noqa: E402
 from tests.test_model_parity import TOL, max_diff, padded_batch, save_reference  # noqa: E402
@@ -59,7 +60,7 @@ def tiny(tmp_path_factory):
 
 def lm_task(path, **fields):
     model, params = from_pretrained(path)
-    task = standalone("language_modeling", model, load_tokenizer(path), **fields)
+    task = standalone_task("language_modeling", model, load_tokenizer(path), **fields)
     return task, params
 
 
@@ -178,7 +179,7 @@ def test_causal_loss_equals_transformers(tmp_path):
     config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     ref = save_reference(transformers.GPT2LMHeadModel, config, tmp_path)
     model, params = from_pretrained(tmp_path)
-    task = standalone("language_modeling", model, None)
+    task = standalone_task("language_modeling", model, None)
     ids, mask = padded_batch(config.vocab_size)
     batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
              "example_mask": jnp.ones(len(ids))}  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftjax.partition import count, param_table
+from ftjax.core.partition import count, param_table
 from tests.helpers import synthetic
 from tests.helpers.tiny import make_checkpoint, make_dataset, write_splits
 

@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from ftjax import methods, partition
-from ftjax.experiment import unreached_params
+from ftjax import methods
+from ftjax.core import partition
+from ftjax.core.partition import PatternError
 from ftjax.models import (
     BertConfig,
     BertModel,
@@ -21,9 +22,9 @@ from ftjax.models import (
     T5Model,
     init_params,
 )
-from ftjax.partition import PatternError
-from ftjax.tasks import standalone
-from ftjax.train import create_state, make_train_step
+from ftjax.training.config import standalone_task
+from ftjax.training.experiment import unreached_params
+from ftjax.training.train import create_state, make_train_step
 
 H, HEADS, FF, LAYERS, VOCAB = 16, 2, 24, 2, 60
 CONFIGS = {
@@ -76,7 +77,7 @@ OPTIONS = {
 
 
 def classifier(model, pooling="mean", layers="last", num_labels=3):
-    return standalone(
+    return standalone_task(
         "classification", model, num_labels=num_labels, pooling=pooling, layers=layers,
         head_dropout=0.0,
     )  # fmt: skip
@@ -449,8 +450,8 @@ def test_methods_table_lists_every_method():
 def test_prefix_and_prompt_positions_count_against_the_table(tmp_path, method):
     """A prefix or prompt of P takes positions 0..P-1 (PEFT's convention), so P fewer
     real tokens fit in the table: the run is refused before the gather reads NaN."""
-    from ftjax.config import ConfigError
-    from ftjax.experiment import build
+    from ftjax.training.config import ConfigError
+    from ftjax.training.experiment import build
     from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
     model_dir = make_checkpoint(tmp_path / "bert", model_type="bert", max_position_embeddings=32)

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftjax import assets  # noqa: E402
-from ftjax.data import load_splits  # noqa: E402
+from ftjax.data import assets  # noqa: E402
+from ftjax.data.splits import load_splits  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
 
 
@@ -39,6 +39,6 @@ def test_minilm_matches_transformers_on_real_sentences(minilm_dir):
     assert np.abs(np.asarray(ours.pooled) - theirs.pooler_output.numpy()).max() <= 1e-4
     n_params = sum(p.numel() for p in reference.parameters())
     assert n_params == 22_713_216  # 22.7M, with BERT's pooler
-    from ftjax.partition import count
+    from ftjax.core.partition import count
 
     assert count(params) == n_params

@@ -13,7 +13,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from ftjax import sources
+from ftjax.data import sources
 from ftjax.models import (
     BertConfig,
     BertModel,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftjax import loop
+from ftjax.training import loop
 from tests.helpers import xla
 from tests.helpers.tiny import make_checkpoint, make_dataset
 

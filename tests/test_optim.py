@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from ftjax.config import base_config
-from ftjax.optim import decay_mask, make_optimizer, schedule
+from ftjax.training.config import base_config
+from ftjax.training.optim import decay_mask, make_optimizer, schedule
 
 
 def optimizer_config(**changes) -> ml_collections.ConfigDict:

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import batching
-from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.data import batching
+from ftjax.data.batching import IGNORE, Examples, Seq
 from ftjax.models import LlamaConfig, LlamaModel, init_params
-from ftjax.tasks import TaskError, standalone
+from ftjax.tasks import TaskError
 from ftjax.tasks.base import labelled_token_losses
+from ftjax.training.config import standalone_task
 from tests.test_methods import VOCAB, base
 
 LENGTHS = (7, 4, 2, 6, 3, 5, 1, 8)
@@ -91,7 +92,7 @@ def test_pack_rows_refuses_an_example_longer_than_a_row():
 )
 def test_classification_packed_equals_unpacked(family, pooling, layers):
     model, params = model_of(family)
-    task = standalone(
+    task = standalone_task(
         "classification", model, num_labels=3, pooling=pooling, layers=layers,
         head_dropout=0.0, pack_length=PACK, max_length=PACK,
     )  # fmt: skip
@@ -106,7 +107,7 @@ def test_classification_packed_equals_unpacked(family, pooling, layers):
 
 def test_regression_packed_equals_unpacked():
     model, params = model_of("bert")
-    task = standalone("regression", model, head_dropout=0.0, pack_length=PACK, max_length=PACK)
+    task = standalone_task("regression", model, head_dropout=0.0, pack_length=PACK, max_length=PACK)
     params = {**params, **task.init_head(jax.random.PRNGKey(1))}
     data = examples()
     data.arrays["labels"] = data.arrays["labels"].astype(np.float32)
@@ -130,7 +131,7 @@ def per_example_tokens(values: np.ndarray, batch: dict, packed: bool) -> list[np
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_tagging_packed_equals_unpacked(family):
     model, params = model_of(family)
-    task = standalone(
+    task = standalone_task(
         "token_classification", model, label_names=("O", "B", "I"), head_dropout=0.0,
         pack_length=PACK, max_length=PACK,
     )  # fmt: skip
@@ -156,7 +157,7 @@ def test_causal_lm_packed_equals_unpacked(family):
     """Per-token losses of each text, and which tokens count: no next-token pair crosses
     from one packed text into the next."""
     model, params = model_of(family)
-    task = standalone("language_modeling", model, pack_length=PACK, max_length=PACK)
+    task = standalone_task("language_modeling", model, pack_length=PACK, max_length=PACK)
     unpacked, packed = both(examples())
     per_text = []
     for name, batch in (("unpacked", unpacked), ("packed", packed)):
@@ -179,7 +180,7 @@ def test_packing_refusals():
     ]
     for task, model, fields, message in refusals:
         with pytest.raises(TaskError, match=message):
-            standalone(task, model, **fields)
+            standalone_task(task, model, **fields)
 
 
 def test_packing_refuses_a_soft_prompt():
@@ -188,7 +189,7 @@ def test_packing_refuses_a_soft_prompt():
     _, task, _ = with_method("bert", "prompt")
     model = task.model
     with pytest.raises(TaskError, match="soft prompt is one per row"):
-        standalone("classification", model, pack_length=PACK, max_length=PACK)
+        standalone_task("classification", model, pack_length=PACK, max_length=PACK)
 
 
 def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
@@ -197,8 +198,8 @@ def test_a_packed_run_trains_on_its_examples_unpacked_loss(tmp_path):
     tokens; results.json counts the real and computed tokens."""
     import json
 
-    from ftjax import loop
-    from ftjax.experiment import build
+    from ftjax.training import loop
+    from ftjax.training.experiment import build
     from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
@@ -258,7 +259,7 @@ def test_packing_is_on_by_default_where_the_task_packs(tmp_path, caplog):
     the log says why."""
     import logging
 
-    from ftjax.experiment import build
+    from ftjax.training.experiment import build
     from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")

@@ -16,9 +16,11 @@ peft = pytest.importorskip("peft")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from ftjax import methods, partition, peft_format  # noqa: E402
-from ftjax.hf_classes import ExportError, hf_class  # noqa: E402
-from ftjax.hf_format import write_hf  # noqa: E402
+from ftjax import methods  # noqa: E402
+from ftjax.core import partition  # noqa: E402
+from ftjax.interop import peft_format  # noqa: E402
+from ftjax.interop.hf_classes import ExportError, hf_class  # noqa: E402
+from ftjax.interop.hf_format import write_hf  # noqa: E402
 from ftjax.models import from_pretrained, init_params, save_pretrained  # noqa: E402
 from ftjax.tasks.features import FeatureSpec  # noqa: E402
 from tests.helpers.tiny import tiny_model  # noqa: E402
@@ -398,7 +400,7 @@ def test_imports_refuse_what_ftjax_cannot_compute(tmp_path, bases):
 
 @pytest.mark.parametrize("method, options", [("lora", {"rank": 4}), ("prompt", {"length": 4})])
 def test_minilm_adapter_matches_peft(tmp_path, method, options):
-    from ftjax import assets
+    from ftjax.data import assets
 
     folder = assets.fetch("minilm")
     base_model, base_params = from_pretrained("minilm")

@@ -49,8 +49,8 @@ def test_cli_plans_a_small_llama_within_15_percent_of_xla(tmp_path):
 
 
 def test_bundled_shapes_have_the_published_sizes():
-    from ftjax import planning
     from ftjax.models import hub
+    from ftjax.planning import abstract as planning
 
     sizes = {}
     for name in planning.shape_names():
@@ -76,8 +76,9 @@ def jax_leaves(tree):
     "family, task", [("bert", "classification"), ("llama", "language_modeling"), ("t5", "seq2seq")]
 )
 def test_abstract_batch_is_the_loaders_longest_batch(tmp_path, family, task):
-    from ftjax import experiment, planning
-    from ftjax.config import base_config
+    from ftjax.planning import abstract as planning
+    from ftjax.training import experiment
+    from ftjax.training.config import base_config
     from tests.helpers.tiny import make_checkpoint, make_dataset
 
     fields = {"classification": {"num_labels": 2}, "language_modeling": {},

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftjax.config import ConfigError
-from ftjax.experiment import build
 from ftjax.models import from_pretrained
+from ftjax.training.config import ConfigError
+from ftjax.training.experiment import build
 from tests.helpers.runs import config_file
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import optax
 
-from ftjax import batching, probe
-from ftjax.tasks import standalone
+from ftjax.data import batching
+from ftjax.training import probe
+from ftjax.training.config import standalone_task
 from tests.test_methods import H, base, batch, classifier
 
 
@@ -149,11 +150,11 @@ def test_epoch_order_is_seeded_and_resumable():
 
 
 def test_padding_report_on_the_real_data():
-    from ftjax.data import load_splits
+    from ftjax.data.splits import load_splits
     from ftjax.models import from_pretrained, load_tokenizer
 
     model, _ = from_pretrained("minilm")
-    task = standalone("classification", model, load_tokenizer("minilm"))
+    task = standalone_task("classification", model, load_tokenizer("minilm"))
     data = task.encode(load_splits("sentiment")["train"], "train")
     report = batching.padding_report(data, 32, 64)
     assert 25 < report["mean_real_length"] < 29

@@ -14,11 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftjax import loop, prompt  # noqa: E402
-from ftjax.batching import pad_batch  # noqa: E402
+from ftjax import prompt  # noqa: E402
+from ftjax.data.batching import pad_batch  # noqa: E402
 from ftjax.methods import MethodError  # noqa: E402
 from ftjax.models import from_pretrained, load_tokenizer  # noqa: E402
-from ftjax.tasks import TaskError, demonstrations, standalone  # noqa: E402
+from ftjax.tasks import TaskError, demonstrations  # noqa: E402
+from ftjax.training import loop  # noqa: E402
+from ftjax.training.config import standalone_task  # noqa: E402
 from tests.helpers import synthetic  # noqa: E402
 from tests.helpers.runs import config_file  # noqa: E402
 from tests.helpers.tiny import make_checkpoint, write_splits  # noqa: E402
@@ -52,7 +54,7 @@ def models(tmp_path_factory) -> dict:
 def prompting(path, **fields):
     model, params = from_pretrained(path)
     fields = {"template": "review: {text} sentiment:", "label_words": ("bad", "good"), **fields}
-    return standalone("prompting", model, load_tokenizer(path), **fields), params
+    return standalone_task("prompting", model, load_tokenizer(path), **fields), params
 
 
 def scored(task, params, rows=TEST, splits=None):

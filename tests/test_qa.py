@@ -7,10 +7,11 @@ import datasets
 import numpy as np
 import pytest
 
-from ftjax.data import load_splits
+from ftjax.data.sources import SourceError
+from ftjax.data.splits import load_splits
 from ftjax.models import from_pretrained, load_tokenizer
-from ftjax.sources import SourceError
-from ftjax.tasks import DataRowError, standalone
+from ftjax.tasks import DataRowError
+from ftjax.training.config import standalone_task
 from tests.helpers import synthetic
 from tests.helpers.tiny import make_checkpoint
 
@@ -26,7 +27,7 @@ def bert(tmp_path_factory):
 
 def qa(bert, **fields):
     model, tokenizer = bert
-    return standalone("extractive_qa", model, tokenizer, **fields)
+    return standalone_task("extractive_qa", model, tokenizer, **fields)
 
 
 def row(question, context, texts, starts):

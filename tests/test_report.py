@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftjax import report
+from ftjax.studies import report
 
 TOTAL = 22_713_218
 TRAINABLE = {"lora": 72_194, "full": TOTAL}

@@ -17,14 +17,16 @@ import optax
 import pytest
 from safetensors.numpy import load_file
 
-from ftjax import export, loop, partition
-from ftjax.experiment import build
+from ftjax import export
+from ftjax.core import partition
 from ftjax.models import from_pretrained, init_params, save_pretrained, stacking
 from ftjax.models.base import PeftConfig
 from ftjax.models.hub import stack_depths
-from ftjax.optim import with_state_dtype
-from ftjax.state import canonical_params, initial_state
-from ftjax.steps import Steps
+from ftjax.training import loop
+from ftjax.training.experiment import build
+from ftjax.training.optim import with_state_dtype
+from ftjax.training.state import canonical_params, initial_state
+from ftjax.training.steps import Steps
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config, tiny_model
 
 FAMILIES = ("bert", "gpt2", "llama", "t5")
@@ -253,7 +255,7 @@ def test_remat_lowers_the_compiled_steps_temporary_memory():
 
 def test_loading_shardings_of_a_scanned_model_are_per_layer():
     """The sharded loader fills canonical params: a scanned model asks for the same."""
-    from ftjax import sharding
+    from ftjax.training import sharding
 
     model = tiny_model("llama")
     mesh = sharding.make_mesh({"data": 1})
@@ -266,7 +268,7 @@ def test_loading_shardings_of_a_scanned_model_are_per_layer():
 def test_label_scores_of_a_scanned_model_equal_the_unrolled_ones(family):
     """The shared context's cache is broadcast and repeated along its rows, which a
     scanned stack keeps behind the layer axis."""
-    from ftjax import likelihood
+    from ftjax.models import likelihood
 
     base = tiny_model(family)
     params = init_params(base, 0)

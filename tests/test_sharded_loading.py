@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ftjax import partition, sharding
+from ftjax.core import partition
 from ftjax.models import (
     CheckpointError,
     LlamaModel,
@@ -37,6 +37,7 @@ from ftjax.models import (
     streaming,
 )
 from ftjax.models.base import PeftConfig, TensorMap
+from ftjax.training import sharding
 from tests.helpers import xla
 from tests.helpers.tiny import tiny_model
 
@@ -215,9 +216,9 @@ def report_run(root: Path) -> dict:
     sharded path only (a spy on the host path's loader), its params in the rules'
     shardings; `initial_state` reuses the frozen params' device buffers (unrolled: the
     stored layout is the loaded one) and one train step runs."""
-    from ftjax.experiment import build
-    from ftjax.state import initial_state
-    from ftjax.steps import Steps
+    from ftjax.training.experiment import build
+    from ftjax.training.state import initial_state
+    from ftjax.training.steps import Steps
     from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
     model_dir = make_checkpoint(root / "run-model", "llama")
@@ -466,7 +467,7 @@ def test_pytorch_bin_is_read_whole_and_says_so(llama_checkpoint, tmp_path, caplo
 def test_quantised_gguf_rows_match_the_whole_tensor():
     """Rows of SmolLM2's Q4_1 (query: permuted) and Q8_0 (embedding) tensors, read alone,
     equal the same rows of the whole dequantised tensor."""
-    from ftjax import assets
+    from ftjax.data import assets
 
     try:
         folder = assets.fetch("smollm2")

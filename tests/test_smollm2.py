@@ -14,8 +14,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 
-from ftjax import assets, generation  # noqa: E402
-from ftjax.models import from_pretrained, load_tokenizer, save_pretrained  # noqa: E402
+from ftjax.data import assets  # noqa: E402
+from ftjax.models import (  # noqa: E402
+    from_pretrained,
+    generation,  # noqa: E402
+    load_tokenizer,
+    save_pretrained,
+)
 from tests.helpers import xla  # noqa: E402
 
 # Minutes, not seconds: outside the fast tier (pytest -m "not slow").

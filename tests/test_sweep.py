@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftjax import sweep
-from ftjax.config import ConfigError
-from ftjax.data import stratified_sample
+from ftjax.data.splits import stratified_sample
+from ftjax.studies import sweep
+from ftjax.training.config import ConfigError
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_stratified_sample_keeps_class_shares_and_nests():
 
 
 def test_train_examples_subsamples_the_training_split_by_class(tmp_path):
-    from ftjax.experiment import build
+    from ftjax.training.experiment import build
     from tests.helpers.runs import tiny_run_config
 
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ftjax import generation, partition
-from ftjax.models import init_params, stacking
+from ftjax.core import partition
+from ftjax.models import generation, init_params, stacking
 from ftjax.models.base import PeftConfig
 from ftjax.models.hub import stack_depths
 from tests.helpers.tiny import tiny_model

@@ -9,10 +9,11 @@ import datasets
 import numpy as np
 import pytest
 
-from ftjax.data import load_splits
-from ftjax.experiment import build
+from ftjax.data.splits import load_splits
 from ftjax.models import from_pretrained, load_tokenizer
-from ftjax.tasks import DataRowError, TaskError, standalone
+from ftjax.tasks import DataRowError, TaskError
+from ftjax.training.config import standalone_task
+from ftjax.training.experiment import build
 from tests.helpers import synthetic
 from tests.helpers.runs import config_file, tiny_run_config
 from tests.helpers.tiny import write_splits
@@ -38,10 +39,10 @@ def test_classification_bad_rows_are_named_or_dropped_and_counted(tiny_bert):
         {"text": "odd film", "label": 2},
         {"text": "fine", "label": 0},
     )
-    task = standalone("classification", model, tokenizer, num_labels=2)
+    task = standalone_task("classification", model, tokenizer, num_labels=2)
     with pytest.raises(DataRowError, match=r"split 'train', row 1, field 'text': empty"):
         task.encode(bad, "train")
-    task = standalone("classification", model, tokenizer, num_labels=2, on_bad_row="drop")
+    task = standalone_task("classification", model, tokenizer, num_labels=2, on_bad_row="drop")
     examples = task.encode(bad, "train")
     assert list(examples.rows) == [0, 3]
     assert examples.report["dropped"] == {
@@ -49,15 +50,17 @@ def test_classification_bad_rows_are_named_or_dropped_and_counted(tiny_bert):
         "label: label 2 outside the label set 0..1": 1,
     }
     with pytest.raises(DataRowError, match=r"row 2, field 'label': label 2 outside the label set"):
-        task = standalone("classification", model, tokenizer, num_labels=2)
+        task = standalone_task("classification", model, tokenizer, num_labels=2)
         task.encode(rows_of(bad[0], bad[3], bad[2]), "train")
     with pytest.raises(DataRowError, match=r"no column for config.data.label_column='stars'"):
-        standalone("classification", model, tokenizer, label_column="stars").encode(bad, "train")
+        standalone_task("classification", model, tokenizer, label_column="stars").encode(
+            bad, "train"
+        )
 
 
 def test_truncation_is_reported(tiny_bert):
     model, tokenizer = tiny_bert
-    task = standalone("classification", model, tokenizer, max_length=8)
+    task = standalone_task("classification", model, tokenizer, max_length=8)
     examples = task.encode(
         rows_of({"text": "one two", "label": 0}, {"text": " ".join(["word"] * 20), "label": 1}),
         "train",
@@ -69,14 +72,14 @@ def test_truncation_is_reported(tiny_bert):
 
 def test_regression_target_must_be_a_number(tiny_bert):
     model, tokenizer = tiny_bert
-    task = standalone("regression", model, tokenizer)
+    task = standalone_task("regression", model, tokenizer)
     with pytest.raises(DataRowError, match=r"row 1, field 'score': target None is not a finite"):
         task.encode(rows_of({"text": "a", "score": 1.5}, {"text": "b", "score": None}), "test")
 
 
 def test_ner_tags_must_fit_words_and_tag_set(tiny_bert):
     model, tokenizer = tiny_bert
-    task = standalone("token_classification", model, tokenizer, label_names=("O", "B-PER"))
+    task = standalone_task("token_classification", model, tokenizer, label_names=("O", "B-PER"))
     good = {"tokens": ["john", "runs"], "tags": ["B-PER", "O"]}
     with pytest.raises(DataRowError, match=r"row 1, field 'tags': tag 'B-LOC' \(word 0\) not in"):
         task.encode(rows_of(good, {"tokens": ["paris"], "tags": ["B-LOC"]}), "validation")
@@ -86,7 +89,9 @@ def test_ner_tags_must_fit_words_and_tag_set(tiny_bert):
 
 def test_ner_labels_the_first_subword_and_maps_predictions_back(tiny_bert):
     model, tokenizer = tiny_bert
-    task = standalone("token_classification", model, tokenizer, label_names=("O", "B-PER", "I-PER"))
+    task = standalone_task(
+        "token_classification", model, tokenizer, label_names=("O", "B-PER", "I-PER")
+    )
     words = ["johnathanson", "smithers", "runs"]  # several sub-words each
     examples = task.encode(rows_of({"tokens": words, "tags": ["B-PER", "I-PER", "O"]}), "t")
     ids, labels = examples.arrays["input_ids"][0], examples.arrays["labels"][0]
@@ -122,10 +127,10 @@ def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
         {"source": "", "target": "it is bad"},
         {"source": "bad film", "target": " ".join(["word"] * 12)},
     )
-    task = standalone("seq2seq", model, tokenizer, label_column="", max_target_length=8)
+    task = standalone_task("seq2seq", model, tokenizer, label_column="", max_target_length=8)
     with pytest.raises(DataRowError, match=r"row 1, field 'source': empty or missing source"):
         task.encode(rows, "train")
-    task = standalone(
+    task = standalone_task(
         "seq2seq", model, tokenizer, label_column="", max_target_length=8, on_bad_row="drop"
     )
     examples = task.encode(rows, "train")
@@ -139,7 +144,7 @@ def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
     assert list(examples.arrays["decoder_input_ids"][0]) == [0, *target[:-1]]
     # Label words: a label with no word is named.
     labelled = rows_of({"text": "good film", "label": 1}, {"text": "bad film", "label": 2})
-    task = standalone(
+    task = standalone_task(
         "seq2seq", model, tokenizer, source_column="text", label_column="label",
         label_words=("no", "yes"),
     )  # fmt: skip
@@ -148,7 +153,7 @@ def test_seq2seq_bad_rows_and_layouts(tiny_decoders):
     # Decoder-only: prompt + target in one row, the loss on the target (and EOS) only;
     # the prompt alone, padded on the left, is what generation continues.
     model, tokenizer = tiny_decoders["gpt2"]
-    task = standalone("seq2seq", model, tokenizer, label_column="", max_target_length=8)
+    task = standalone_task("seq2seq", model, tokenizer, label_column="", max_target_length=8)
     examples = task.encode(rows_of({"source": "good film", "target": "it is good"}), "train")
     ids, labels = examples.arrays["input_ids"][0], examples.arrays["labels"][0]
     prompt = examples.arrays["prompt"][0]
@@ -173,10 +178,10 @@ def test_seq2seq_chat_prompts_follow_the_tokenizers_template(tiny_decoders):
     )
     options = dict(label_column="", max_length=40, prompt_format="chat")
     with pytest.raises(TaskError, match=r"prompt_format='chat': the tokenizer .* no chat"):
-        standalone("seq2seq", model, tokenizer, **options).encode(rows, "train")
+        standalone_task("seq2seq", model, tokenizer, **options).encode(rows, "train")
     tokenizer.chat_template = CHATML
     try:
-        task = standalone("seq2seq", model, tokenizer, source_prefix="Judge: ", **options)
+        task = standalone_task("seq2seq", model, tokenizer, source_prefix="Judge: ", **options)
         examples = task.encode(rows, "train")
         expected = tokenizer.apply_chat_template(
             [{"role": "user", "content": "Judge: good film"}],
@@ -196,7 +201,7 @@ def test_seq2seq_chat_prompts_follow_the_tokenizers_template(tiny_decoders):
         assert cut[: len(head)] == head and cut[-len(tail) :] == tail
         t5_model, t5_tokenizer = tiny_decoders["t5"]
         with pytest.raises(TaskError, match=r"prompt_format='chat' is for decoder-only"):
-            standalone("seq2seq", t5_model, t5_tokenizer, **options)
+            standalone_task("seq2seq", t5_model, t5_tokenizer, **options)
     finally:
         tokenizer.chat_template = None
 
@@ -210,7 +215,7 @@ def test_seq2seq_demonstrations_precede_every_prompt(tiny_decoders):
     options = dict(label_column="", source_prefix="the capital of ", separator=" is",
                    target_delimiter=" ", shots=2, shot_separator="; ", max_length=120)  # fmt: skip
     model, tokenizer = tiny_decoders["gpt2"]
-    task = standalone("seq2seq", model, tokenizer, **options)
+    task = standalone_task("seq2seq", model, tokenizer, **options)
     task.prepare_data(splits)
     shown = [dict(CAPITALS)[source] for source, _ in task.demos]
     assert len(set(shown)) == 2
@@ -224,17 +229,17 @@ def test_seq2seq_demonstrations_precede_every_prompt(tiny_decoders):
     assert list(examples.arrays["prompt"][0]) == expected
     target = examples.arrays["input_ids"][0][len(examples.arrays["prompt"][0]) :]
     assert tokenizer.decode(target, skip_special_tokens=True) == "austin"
-    other = standalone("seq2seq", model, tokenizer, **{**options, "shot_seed": 1})
+    other = standalone_task("seq2seq", model, tokenizer, **{**options, "shot_seed": 1})
     other.prepare_data(splits)
     assert other.demos != task.demos
     # Generated text is cut at the first stop string.
-    stopping = standalone("seq2seq", model, tokenizer, **options, stop_at=(";", "\n"))
+    stopping = standalone_task("seq2seq", model, tokenizer, **options, stop_at=(";", "\n"))
     assert stopping.decode(np.asarray(ids("austin; the capital of"))) == "austin"
     # Chat: each demonstration is a user turn and the assistant's answer.
     llama, llama_tokenizer = tiny_decoders["llama"]
     llama_tokenizer.chat_template = CHATML
     try:
-        chat = standalone("seq2seq", llama, llama_tokenizer, **options, prompt_format="chat")
+        chat = standalone_task("seq2seq", llama, llama_tokenizer, **options, prompt_format="chat")
         chat.prepare_data(splits)
         turns = []
         for source, target in chat.demos:
@@ -249,7 +254,7 @@ def test_seq2seq_demonstrations_precede_every_prompt(tiny_decoders):
     finally:
         llama_tokenizer.chat_template = None
     t5, t5_tokenizer = tiny_decoders["t5"]
-    encoder = standalone("seq2seq", t5, t5_tokenizer, **options)
+    encoder = standalone_task("seq2seq", t5, t5_tokenizer, **options)
     encoder.prepare_data(splits)
     source = encoder.encode(test, "test").arrays["input_ids"][0]
     t5_demo = "".join(f"the capital of {s} is {dict(CAPITALS)[s]}; " for s, _ in encoder.demos)
@@ -315,13 +320,13 @@ def test_headlines_config_turns_bbc_news_into_body_to_title(tmp_path, checkpoint
 def test_generation_evaluation_pads_to_few_coarse_widths(tiny_decoders):
     """Each eval width pair compiles the whole generation loop: seq2seq pads its groups to
     doubling widths, so prompts of 1..120 tokens come in at most 4 widths (not 8 of 16)."""
-    from ftjax import batching
-    from ftjax.loaders import TokenLoader
+    from ftjax.data import batching
+    from ftjax.training.loaders import TokenLoader
 
     assert batching.coarse_buckets(256) == [32, 64, 128, 256]
     assert batching.coarse_buckets(100) == [32, 64, 100]
     model, tokenizer = tiny_decoders["gpt2"]
-    task = standalone("seq2seq", model, tokenizer, label_column="", max_length=120)
+    task = standalone_task("seq2seq", model, tokenizer, label_column="", max_length=120)
     rows = rows_of(*[{"source": "word " * n, "target": "x"} for n in range(1, 115, 3)])
     examples = task.encode(rows, "test")
     loader = TokenLoader(

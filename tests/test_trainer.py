@@ -16,13 +16,13 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, loop
-from ftjax.config import ConfigError, compiler_options
 from ftjax.evaluate import evaluate, evaluate_untrained
-from ftjax.experiment import build
 from ftjax.methods import MethodError
-from ftjax.state import initial_state
-from ftjax.steps import Steps
+from ftjax.training import checkpoints, loop
+from ftjax.training.config import ConfigError, compiler_options
+from ftjax.training.experiment import build
+from ftjax.training.state import initial_state
+from ftjax.training.steps import Steps
 from tests.helpers import xla
 from tests.helpers.tiny import make_checkpoint, make_dataset, tiny_config
 
@@ -265,7 +265,7 @@ def test_xla_options_parse_and_reach_the_compiler(tiny):
 
 def test_batch_not_divisible_by_the_data_axis():
     config = tiny_config(Path("unused"), Path("unused"))
-    from ftjax.config import validate
+    from ftjax.training.config import validate
 
     config.data.batch_size = 12
     with pytest.raises(ConfigError, match=r"batch_size.*=12 is not divisible.*data x fsdp = 8"):
@@ -347,7 +347,7 @@ def test_resume_checks_the_checkpoint_not_just_config_json(tiny, tmp_path):
 def test_probe_caches_features_only_when_just_the_head_trains(tiny, extra):
     """Cached features would freeze whatever else the table says trains: with extra
     trainable params the backbone runs every step, and those params move."""
-    from ftjax.loaders import FeatureLoader, TokenLoader
+    from ftjax.training.loaders import FeatureLoader, TokenLoader
 
     config = config_for(tiny, "probe")
     config.method.update(extra)

@@ -161,7 +161,7 @@ class GPT2Model(nn.Module):
     prefix is a key/value cache and the prompt input embeddings); given position ids
     count real tokens and are moved by P the same way.
 
-    `decode="prefill"` or `"step"` runs with a key/value cache (`ftjax.generation`): the
+    `decode="prefill"` or `"step"` runs with a key/value cache (`ftjax.models.generation`): the
     attention mask then spans the whole cache and position ids are required; a soft
     prompt enters the cache at prefill only.
 

@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from ftjax import sources
+from ftjax.core import partition
+from ftjax.data import sources
 from ftjax.models import bert, gguf, gpt2, llama, stacking, t5
 from ftjax.models.base import Family, TensorMap
 
@@ -52,30 +53,38 @@ class CheckpointError(ValueError):
 
 
 def _model_asset_names() -> frozenset[str]:
-    from ftjax import assets
+    from ftjax.data import assets
 
     return assets.asset_names("model")
+
+
+# (is this folder a run's workdir, export its backbone and return the folder): set by
+# `ftjax.training.backbone`, which sits above the models and knows what a run is.
+_RUN_EXPORTER: list[Callable[[Path], Any]] = []
+
+
+def use_run_exporter(is_run: Callable[[Path], bool], export: Callable[[Path], Path]) -> None:
+    """Lets a run's workdir stand for a model: `export(path)` when `is_run(path)`."""
+    _RUN_EXPORTER[:] = [is_run, export]
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     """The local folder holding a checkpoint named by asset name, path or hub id (or the
     path of a .gguf file); an ftjax workdir gives its latest checkpoint's backbone
-    (`ftjax.export`)."""
+    (`ftjax.training.backbone`)."""
     name = os.fspath(name_or_path)
     kind = sources.classify_source(name, _model_asset_names)
     if kind == "path":
         path = Path(name).expanduser()
-        from ftjax import export  # a workdir: its trained backbone, exported once
-
-        if export.is_run(path):
-            return export.export_backbone(path)
+        if _RUN_EXPORTER and _RUN_EXPORTER[0](path):  # a workdir: its backbone, exported once
+            return _RUN_EXPORTER[1](path)
         if not (path / "config.json").is_file() and gguf.find(path) is None:
             raise CheckpointError(
                 f"{path} has no config.json (nor one .gguf file): not a checkpoint folder"
             )
         return path
     if kind == "asset":
-        from ftjax import assets
+        from ftjax.data import assets
 
         return Path(assets.fetch(name))
     sources.require_hub(name, "model")
@@ -410,7 +419,7 @@ class UnsavedParamsError(CheckpointError):
     export that keeps them."""
 
 
-# What each kind of unmapped parameter is, and the export that keeps it (`methods.kind_of`).
+# What each kind of unmapped parameter is, and the export that keeps it (`partition.kind_of`).
 KEEPS = {
     "lora": "unmerged LoRA factors: merge them first (ftjax.methods.merge_lora), or keep "
     "them as an adapter with `python -m ftjax.export --workdir W --format peft` (or "
@@ -428,11 +437,9 @@ KEEPS = {
 
 def unsaved_message(paths: list[str]) -> str:
     """Names each kind of parameter a plain checkpoint would lose and how to keep it."""
-    from ftjax.methods import kind_of  # methods imports this module
-
     kinds: dict[str, list[str]] = defaultdict(list)
     for path in paths:
-        kinds[kind_of(path)].append(path)
+        kinds[partition.kind_of(path)].append(path)
     lines = [
         f"- {KEEPS.get(kind, 'parameters with no Hugging Face tensor')} ({_summarise(found, 3)})"
         for kind, found in kinds.items()

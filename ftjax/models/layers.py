@@ -1,7 +1,7 @@
 """Building blocks shared by every model family.
 
 Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `mlp`,
-`norm`, ...), so that sharding is a rules table in `ftjax.sharding`, never a model edit.
+`norm`, ...), so that sharding is a rules table in `ftjax.training.sharding`, never a model edit.
 Kernels are stored `(in, out)`, float32; the compute dtype is a module field, and matmuls
 accumulate in float32 whatever the compute dtype (bf16 inputs with f32 accumulation: on
 accelerators the fast path; on this CPU slower than float32, experiments/RESULTS.md).
@@ -11,7 +11,7 @@ Hooks for parameter-efficient methods live here, so each family gets them for fr
 single place where prefix keys/values and relative-position biases enter.
 
 Decoding: a causal `Attention` keeps a key/value cache in the "cache" collection whenever
-that collection is mutable (`ftjax.generation` makes it so); see `Attention._cached`.
+that collection is mutable (`ftjax.models.generation` makes it so); see `Attention._cached`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def at_positions(states: Array, positions: Array | None) -> Array:
     return jnp.take_along_axis(states, index.astype(jnp.int32), axis=1)
 
 
-# Mesh axes the batch is split over (`ftjax.sharding` reads them from here).
+# Mesh axes the batch is split over (`ftjax.training.sharding` reads them from here).
 BATCH_MESH_AXES = ("data", "fsdp")
 
 
@@ -419,7 +419,7 @@ class Attention(nn.Module):
     def _cached(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
         """Writes this call's keys/values at the cache's next slots and returns the whole
         cache with the causal mask of these queries over it. The call that creates the
-        cache (on a full-length input, see `ftjax.generation.init_cache`) only sizes it."""
+        cache (on a full-length input, see `ftjax.models.generation.init_cache`) only sizes it."""
         ready = self.has_variable("cache", "cached_key")
         key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)

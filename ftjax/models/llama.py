@@ -156,7 +156,7 @@ class LlamaModel(nn.Module):
     padding leaves every real token's rotation unchanged. A prefix or soft prompt of
     length P takes positions 0..P-1 (prompt slots rotate by them, prefix keys are stored
     unrotated, as in PEFT's key/value cache) and real tokens rotate by P + their index.
-    `decode="prefill"` / `"step"` runs with a key/value cache (`ftjax.generation`);
+    `decode="prefill"` / `"step"` runs with a key/value cache (`ftjax.models.generation`);
     the prompt enters the cache at prefill only. `logit_positions` [batch, k]: logits
     only there ([batch, k, vocab], `layers.at_positions`).
     """

@@ -34,8 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ftjax.batching import IGNORE, Examples
-from ftjax.config import ConfigError
+from ftjax.core.errors import ConfigError
+from ftjax.data.batching import IGNORE, Examples
 from ftjax.models import hub
 
 log = logging.getLogger("ftjax.tasks")
@@ -102,7 +102,7 @@ def require_columns(rows, split: str, columns: Mapping[str, str]) -> None:
         )
 
 
-# What a packed batch (ftjax.batching.pack_batch) adds to the backbone's inputs.
+# What a packed batch (ftjax.data.batching.pack_batch) adds to the backbone's inputs.
 PACKED_INPUTS = ("segment_ids", "position_ids")
 
 
@@ -239,7 +239,7 @@ class Task:
     # ------------------------------------------------------------------ data side
 
     def group_limits(self) -> dict[str, int]:
-        """Maximum length of each length group (see ftjax.batching)."""
+        """Maximum length of each length group (see ftjax.data.batching)."""
         return {"source": self.config.data.max_length}
 
     def eval_widths(self) -> dict[str, list[int]]:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax.batching import Examples, Seq
+from ftjax.data.batching import Examples, Seq
 from ftjax.models import layers
 from ftjax.tasks import scoring
 from ftjax.tasks.base import (

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ftjax.config import ConfigError
+from ftjax.core.errors import ConfigError
 from ftjax.models.base import ModelOutput
 from ftjax.tasks.base import example_tokens
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.data.batching import IGNORE, Examples, Seq
 from ftjax.models import hub
 from ftjax.tasks import scoring, span_corruption
 from ftjax.tasks.base import (

@@ -8,7 +8,7 @@ labels' scores).
 The prompt is `task.template` filled from the row: `{text}` is `data.text_column`, `{pair}`
 `data.text_pair_column`, `{label}` where the label word goes (`task.target_delimiter` +
 word; the end of the template if absent). Scoring follows the family
-(`ftjax.likelihood`):
+(`ftjax.models.likelihood`):
 
 - causal decoders (GPT-2, Llama): summed log-probability of the word's tokens after the
   prompt; in-context demonstrations are one shared context, encoded once;
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax import likelihood
-from ftjax.batching import Examples, Seq, pad_batch
+from ftjax.data.batching import Examples, Seq, pad_batch
+from ftjax.models import likelihood
 from ftjax.tasks import demonstrations
 from ftjax.tasks.base import RowChecker, Task, TaskError, log, masked_mean, require_columns
 from ftjax.tasks.classification import classification_metrics

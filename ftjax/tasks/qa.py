@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax.batching import Examples, Seq
+from ftjax.data.batching import Examples, Seq
 from ftjax.tasks import scoring
 from ftjax.tasks.base import RowChecker, TaskError, masked_mean, require_columns
 from ftjax.tasks.token_head import TokenHeadTask

@@ -12,7 +12,7 @@ Targets end with the model's EOS token. Classification becomes text-to-text with
 `data.label_column` set: the target is the label's word (`task.label_words`, by default
 the dataset's label names), and exact match is the accuracy.
 
-Evaluation generates with `ftjax.generation.generate` (a KV cache, compiled inside the
+Evaluation generates with `ftjax.models.generation.generate` (a KV cache, compiled inside the
 eval step): greedy, beam search or sampling, at most `data.max_target_length` tokens.
 """
 
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import generation
-from ftjax.batching import IGNORE, Examples, Seq, coarse_buckets
+from ftjax.data.batching import IGNORE, Examples, Seq, coarse_buckets
+from ftjax.models import generation
 from ftjax.tasks import demonstrations, scoring
 from ftjax.tasks.base import (
     RowChecker,

@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.batching import IGNORE, Examples, Seq
+from ftjax.data.batching import IGNORE, Examples, Seq
 from ftjax.tasks import scoring
 from ftjax.tasks.base import (
     RowChecker,

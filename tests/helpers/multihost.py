@@ -31,9 +31,9 @@ STEPS = 3
 
 
 def train(config, devices) -> dict:
-    from ftjax.experiment import build
-    from ftjax.state import initial_state
-    from ftjax.steps import Steps
+    from ftjax.training.experiment import build
+    from ftjax.training.state import initial_state
+    from ftjax.training.steps import Steps
 
     exp = build(config, devices=devices)
     state, shardings = initial_state(exp)

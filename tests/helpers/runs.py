@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import loop, methods, partition
+from ftjax import methods
+from ftjax.core import partition
 from ftjax.evaluate import evaluate
-from ftjax.experiment import build
-from ftjax.state import initial_state
-from ftjax.steps import Steps
+from ftjax.training import loop
+from ftjax.training.experiment import build
+from ftjax.training.state import initial_state
+from ftjax.training.steps import Steps
 from tests.helpers import synthetic
 from tests.helpers.tiny import write_splits
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jax
 
-from ftjax.experiment import build
-from ftjax.state import initial_state
-from ftjax.steps import Steps
+from ftjax.training.experiment import build
+from ftjax.training.state import initial_state
+from ftjax.training.steps import Steps
 from tests.helpers.tiny import tiny_config
 
 MESHES = {"1": {"data": 1}, "data8": {"data": 8}, "2x2x2": {"data": 2, "fsdp": 2, "tensor": 2}}

@@ -11,9 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ftjax import assets
-from ftjax.config import base_config
-from ftjax.data import load_splits
+from ftjax.data import assets
+from ftjax.data.splits import load_splits
 from ftjax.models import (
     BertConfig,
     BertModel,
@@ -26,6 +25,7 @@ from ftjax.models import (
     init_params,
     save_pretrained,
 )
+from ftjax.training.config import base_config
 
 TOKENIZER_FILES = (
     "vocab.txt",

@@ -32,7 +32,7 @@ XLA_DEFAULTS = (
 def default_options() -> dict[str, bool | int | float | str]:
     """XLA_DEFAULTS as `jax.jit(..., compiler_options=...)`: for a test's own jit of a
     real-size model, whose run costs more than its compile."""
-    from ftjax.config import parse_xla_options
+    from ftjax.training.config import parse_xla_options
 
     return parse_xla_options(XLA_DEFAULTS)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-from ftjax import methods
+from ftjax import methods, tasks
+from ftjax.core.errors import ConfigError
 
 # Learning rates that work for each method on MiniLM-sized models (experiments/RESULTS.md).
 METHOD_LEARNING_RATES = {
@@ -56,8 +57,6 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 
 def best_metric(config: ml_collections.ConfigDict) -> tuple[str, bool]:
     """(metric that picks the best checkpoint, whether higher is better)."""
-    from ftjax import tasks
-
     task = tasks.task_class(config.task.name)
     name = config.train.best_metric or task.metrics[0]
     return name, name not in task.lower_is_better
@@ -81,8 +80,6 @@ def base_config(
     `config.task` fields and data columns come from the task class), `data` the dataset,
     `default_method` the method when `arg` names none, and `data_fields` override data
     defaults (e.g. num_labels=5)."""
-    from ftjax import tasks
-
     args = parse_arg(arg)
     unknown = set(args) - {"model", "method", "dtype"}
     if unknown:
@@ -176,10 +173,6 @@ def base_config(
     return c
 
 
-class ConfigError(ValueError):
-    """A config that cannot work; the message names the field."""
-
-
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
     """config.train.xla_options ("name=value,...") as XLA compiler options."""
     return parse_xla_options(config.train.xla_options)
@@ -212,8 +205,6 @@ def _option_value(text: str) -> bool | int | float | str:
 
 def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None:
     """Checks that need several fields at once; runs before anything compiles."""
-    from ftjax import tasks
-
     d, o, t = config.data, config.optimizer, config.train
     for field, value in (
         ("data.batch_size", d.batch_size),
@@ -293,3 +284,18 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         section, name = field.split(".")
         if config[section][name] < 1:
             raise ConfigError(f"config.{field}={config[section][name]} must be >= 1")
+
+
+def standalone_task(name: str, model, tokenizer=None, **fields) -> tasks.Task:
+    """A task bound to `model` outside a run (tests, notebooks, benchmarks); `fields`
+    set `config.task.X` or `config.data.X` by name, e.g. num_labels=3, pooling="cls"."""
+    config = base_config(None, task=name, data="")
+    config.unlock()
+    for key, value in fields.items():
+        section = next((s for s in ("task", "data") if key in config[s]), None)
+        if section is None:
+            raise tasks.TaskError(f"task {name}: no config.task or config.data field {key!r}")
+        config[section][key] = value
+    task = tasks.make(config, tokenizer)
+    task.attach(task.prepare_model(model))
+    return task

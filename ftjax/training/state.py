@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ftjax import partition, sharding
-from ftjax.experiment import Experiment
+from ftjax.core import partition
 from ftjax.models import param_axes, stacking
 from ftjax.models.base import frozen_dtype
 from ftjax.models.hub import stack_depths
-from ftjax.train import TrainState
+from ftjax.training import sharding
+from ftjax.training.experiment import Experiment
+from ftjax.training.train import TrainState
 
 
 def param_specs(exp: Experiment) -> dict[str, tuple]:

@@ -4,12 +4,12 @@
     model, params = read_adapter("adapter/", model, params)   # PEFT (+ its base) -> ftjax
 
 Keys carry PEFT's `base_model.model.` prefix followed by the module's name in the
-transformers class `cls` (`ftjax.hf_classes`): without the prefix PEFT only warns and
+transformers class `cls` (`ftjax.interop.hf_classes`): without the prefix PEFT only warns and
 leaves lora_B at zero. A task head goes under `modules_to_save` (PEFT's key for it is
 `base_model.model.<head>.weight`).
 
 What is written computes what ftjax computes, or nothing is written:
-- LoRA: every family (`ftjax.peft_lora`).
+- LoRA: every family (`ftjax.interop.peft_lora`).
 - Prefix tuning: BERT / RoBERTa, GPT-2, Llama. PEFT's prefix is a key/value cache
   `prompt_embeddings` [P, layers * 2 * kv_heads * head_dim]; the real tokens' positions
   start at P, as ftjax's do (`layers.virtual_tokens`). T5 is refused
@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ftjax import methods, partition, peft_lora
-from ftjax.hf_classes import ExportError, HfClass, head_tensors
+from ftjax import methods
+from ftjax.core import partition
+from ftjax.interop import peft_lora
+from ftjax.interop.hf_classes import ExportError, HfClass, head_tensors
 from ftjax.models import hub
 from ftjax.models.base import PeftConfig
 

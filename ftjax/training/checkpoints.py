@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from ftjax import partition
+from ftjax.core import partition
 
 
 class ResumeError(RuntimeError):

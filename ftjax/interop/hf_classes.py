@@ -205,7 +205,7 @@ def task_class(task, params: Mapping[str, Any]) -> HfClass:
     head = params.get("head")
     flat_head = None
     if head is not None:
-        from ftjax import partition
+        from ftjax.core import partition
 
         flat_head = partition.flatten(head)
     spec = getattr(task, "spec", None)

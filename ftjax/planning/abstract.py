@@ -31,16 +31,23 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ftjax import methods, partition, sharding, tasks
-from ftjax.batching import GROUP_MASKS
-from ftjax.config import ConfigError, compiler_options, method_options, validate
-from ftjax.data import dataset_info
-from ftjax.experiment import check_positions, model_overrides, unreached_params, with_dropout
+from ftjax import methods, tasks
+from ftjax.core import partition
+from ftjax.data.batching import GROUP_MASKS
+from ftjax.data.splits import dataset_info
 from ftjax.models import hub, stacking
 from ftjax.models.base import Family, frozen_dtype
-from ftjax.optim import make_optimizer
-from ftjax.state import state_shardings
-from ftjax.train import TrainState, make_train_step
+from ftjax.training import sharding
+from ftjax.training.config import ConfigError, compiler_options, method_options, validate
+from ftjax.training.experiment import (
+    check_positions,
+    model_overrides,
+    unreached_params,
+    with_dropout,
+)
+from ftjax.training.optim import make_optimizer
+from ftjax.training.state import state_shardings
+from ftjax.training.train import TrainState, make_train_step
 
 SHAPES_DIR = Path(__file__).parent / "model_shapes"
 SHAPE_SUFFIX = "-shape"  # model=llama2-7b-shape: ftjax/model_shapes/llama2-7b/config.json

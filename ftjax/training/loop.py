@@ -21,12 +21,12 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ftjax import checkpoints, fingerprint
-from ftjax.config import best_metric
-from ftjax.experiment import Experiment, build
-from ftjax.metrics import MetricWriter, Progress
-from ftjax.state import initial_state
-from ftjax.steps import Steps, shape_key
+from ftjax.training import checkpoints, fingerprint
+from ftjax.training.config import best_metric
+from ftjax.training.experiment import Experiment, build
+from ftjax.training.metrics import MetricWriter, Progress
+from ftjax.training.state import initial_state
+from ftjax.training.steps import Steps, shape_key
 
 
 class TrainingDiverged(RuntimeError):

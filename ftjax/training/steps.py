@@ -15,12 +15,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax import partition, sharding
-from ftjax.config import compiler_options
-from ftjax.experiment import Experiment
+from ftjax.core import partition
 from ftjax.models import stacking
 from ftjax.models.hub import stack_depths
-from ftjax.train import TrainState, make_train_step
+from ftjax.training import sharding
+from ftjax.training.config import compiler_options
+from ftjax.training.experiment import Experiment
+from ftjax.training.train import TrainState, make_train_step
 
 
 def split_micro_batches(batch: dict, accumulate: int) -> dict:

@@ -127,3 +127,32 @@ def _mib(n: int) -> str:
         if n >= size:
             return f"{n / size:,.1f} {unit}"
     return f"{n} B"
+
+
+# What kind of parameter a path names: the methods' patterns (`ftjax.methods`) and the
+# tables and export messages that count parameters by kind.
+HEAD_PATTERN = "head/.*"
+NORM_PATTERN = r"(.*/)?\w*norm/(scale|bias)"
+BIAS_PATTERN = r".*/bias"
+LORA_PATTERN = r".*/lora_[ab]"
+ADAPTER_PATTERN = r".*_adapter/.*"
+PREFIX_PATTERN = r"(.*/)?prefix/.*"
+PROMPT_PATTERN = r"(.*/)?prompt/.*"
+
+KINDS = [
+    ("head", HEAD_PATTERN),
+    ("lora", LORA_PATTERN),
+    ("adapter", ADAPTER_PATTERN),
+    ("prefix", PREFIX_PATTERN),
+    ("prompt", PROMPT_PATTERN),
+    ("norm", NORM_PATTERN),
+    ("bias", BIAS_PATTERN),
+]
+
+
+def kind_of(path: str) -> str:
+    """The kind of parameter a path names, for the trainable table."""
+    for kind, pattern in KINDS:
+        if re.fullmatch(pattern, path):
+            return kind
+    return "weight"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ftjax import partition
+from ftjax.core import partition
 from ftjax.models import hub
 
 PARAMS_FILE = "params.safetensors"

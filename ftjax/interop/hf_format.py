@@ -1,5 +1,5 @@
 """A run as a transformers checkpoint folder: LoRA merged into the kernels, the task head
-under the class `ftjax.hf_classes` names, config.json naming that class.
+under the class `ftjax.interop.hf_classes` names, config.json naming that class.
 
     write_hf(model, params, cls, "out/")   # AutoModelFor*.from_pretrained("out/") loads it
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ftjax import methods, partition
-from ftjax.hf_classes import ExportError, HfClass, head_tensors
+from ftjax import methods
+from ftjax.core import partition
+from ftjax.interop.hf_classes import ExportError, HfClass, head_tensors
 from ftjax.models import hub
 
 UNMERGEABLE = {

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.generation import prompt_cache, take_rows
+from ftjax.models.generation import prompt_cache, take_rows
 
 Array = jax.Array
 

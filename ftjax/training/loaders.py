@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ftjax import batching, probe
-from ftjax.batching import Examples
+from ftjax.data import batching
+from ftjax.data.batching import Examples
 from ftjax.tasks import Task
+from ftjax.training import probe
 
 log = logging.getLogger("ftjax")
 

@@ -51,10 +51,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax import sharding
 from ftjax.models import hub
-from ftjax.planning import Setup, abstract_batch, abstract_state
-from ftjax.train import TrainState
+from ftjax.planning.abstract import Setup, abstract_batch, abstract_state
+from ftjax.training import sharding
+from ftjax.training.train import TrainState
 
 F32 = 4
 

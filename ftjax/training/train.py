@@ -1,7 +1,7 @@
 """The method-agnostic train step: gradients for the trainable params only.
 
 The trainer never asks which fine-tuning method runs. It gets a boolean mask over
-parameter paths (from `ftjax.partition.trainable_mask`), keeps the params as two flat
+parameter paths (from `ftjax.core.partition.trainable_mask`), keeps the params as two flat
 pytrees, differentiates the loss with respect to the trainable one only (so XLA computes
 no weight gradient for frozen params, which `optax.set_to_zero` would still pay for),
 and gives the optimizer only the trainable leaves (so its state holds nothing else).
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ftjax import partition
+from ftjax.core import partition
 
 # (params, batch, rng) -> (loss, aux); rng None means evaluation (no dropout).
 LossFn = Callable[[dict, dict, Any], tuple[jax.Array, dict]]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ftjax.hf_classes import ExportError, HfClass
+from ftjax.interop.hf_classes import ExportError, HfClass
 from ftjax.models import hub
 from ftjax.models.base import PeftConfig, TensorMap
 

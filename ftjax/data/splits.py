@@ -1,6 +1,6 @@
 """Datasets for fine-tuning: a bundled asset, local files or a hub id -> a `DatasetDict`.
 
-`load_splits(name_or_path)` accepts, in this order of precedence (see ftjax.sources):
+`load_splits(name_or_path)` accepts, in this order of precedence (see ftjax.data.sources):
 
 - an existing local path:
   - a directory holding split files named `train`, `validation` and/or `test` with one of
@@ -9,7 +9,7 @@
   - a directory written by `DatasetDict.save_to_disk` (has dataset_dict.json);
   - a single .jsonl/.json/.csv/.parquet file, which becomes the split "train" (as with
     `datasets.load_dataset`); carve evaluation splits out of it explicitly if needed;
-- a bundled dataset asset name (ftjax.assets): fetched once, then read from its jsonl splits;
+- a bundled dataset asset name (ftjax.data.assets): fetched once, then read from its jsonl splits;
 - a Hugging Face hub id, loaded with `datasets.load_dataset`; when the hub is marked
   offline this fails at once with a SourceError instead of waiting on the network.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ftjax import assets
-from ftjax.sources import SourceError, classify_source, require_hub
+from ftjax.data import assets
+from ftjax.data.sources import SourceError, classify_source, require_hub
 
 SPLITS = ("train", "validation", "test")
 # File extension -> the `datasets` builder that reads it.

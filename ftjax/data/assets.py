@@ -59,7 +59,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-log = logging.getLogger("ftjax.assets")
+log = logging.getLogger("ftjax.data.assets")
 
 AssetKind = Literal["model", "dataset"]
 
@@ -728,9 +728,9 @@ _CONVERTERS: dict[str, Callable[[Asset, Path], tuple[list[dict], dict]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ftjax.assets fetch NAME...` or `python -m ftjax.assets list`."""
+    """`python -m ftjax.data.assets fetch NAME...` or `python -m ftjax.data.assets list`."""
     parser = argparse.ArgumentParser(
-        prog="python -m ftjax.assets", description=__doc__.split("\n")[0]
+        prog="python -m ftjax.data.assets", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="download, verify and unpack assets")

@@ -17,15 +17,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from ftjax import checkpoints, methods, partition, sharding, tasks
-from ftjax.batching import Examples
-from ftjax.config import ConfigError, method_options, validate
-from ftjax.data import dataset_info, load_splits, stratified_sample
-from ftjax.loaders import FeatureLoader, TokenLoader
+from ftjax import methods, tasks
+from ftjax.core import partition
+from ftjax.data.batching import Examples
+from ftjax.data.splits import dataset_info, load_splits, stratified_sample
+from ftjax.interop import peft_format
 from ftjax.models import load_tokenizer, stacking, streaming
 from ftjax.models.base import frozen_dtype
 from ftjax.models.hub import stack_depths
-from ftjax.optim import make_optimizer
+from ftjax.training import checkpoints, sharding
+from ftjax.training.config import ConfigError, method_options, validate
+from ftjax.training.loaders import FeatureLoader, TokenLoader
+from ftjax.training.optim import make_optimizer
 
 log = logging.getLogger("ftjax")
 DROPOUT_FIELDS = ("hidden_dropout", "attention_dropout", "embedding_dropout", "dropout")
@@ -80,9 +83,12 @@ def build(
     task = tasks.make(config, tokenizer, dataset_info(config.data.name))
     model = task.prepare_model(model)
     method = methods.resolve(config.method.name, model, method_options(config.method))
-    model, params = methods.apply(
-        method, model, params, rng=config.train.seed, tokenizer=tokenizer, shardings=shardings
-    )
+    if method.init_from:  # a PEFT adapter's parameters start the method
+        model, params = peft_format.start_from_adapter(method, model, params)
+    else:
+        model, params = methods.apply(
+            method, model, params, rng=config.train.seed, tokenizer=tokenizer, shardings=shardings
+        )
     task.attach(model)
     check_positions(config, task)
     # Encoded before the head exists: a task may take its label set from the data.
