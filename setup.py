@@ -10,7 +10,7 @@ setup(
     packages=[*find_packages(include=["ftjax", "ftjax.*"]), "ftjax.configs"],
     package_dir={"ftjax.configs": "configs"},
     # config.json shapes of published checkpoints (no weights) for `python -m ftjax.plan`
-    package_data={"ftjax": ["model_shapes/*/config.json", "model_shapes/README.md"]},
+    package_data={"ftjax.planning": ["model_shapes/*/config.json", "model_shapes/README.md"]},
     python_requires=">=3.10",
     # The stack measured to work together (pinned). transformers is used for
     # tokenizers and configs only: v5 ships no Flax models.

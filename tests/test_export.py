@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from ftjax.core import partition
-from ftjax.export import STAMP, ExportError, export_backbone, is_run
 from ftjax.interop import peft_format
+from ftjax.interop.hf_classes import ExportError
 from ftjax.models import from_pretrained
 from ftjax.training import loop
+from ftjax.training.backbone import STAMP, export_backbone, is_run
 from tests.helpers import synthetic
 from tests.helpers.runs import tiny_run_config
 from tests.helpers.tiny import write_splits

@@ -160,7 +160,7 @@ def test_two_srun_tasks_start_one_runtime_without_flags(cluster_env, tmp_path):
         port = str(s.getsockname()[1])
     step = {**SLURM_STEP, "SLURM_STEP_NODELIST": "127.0.0.1", "JAX_COORDINATOR_PORT": port}
     code = (
-        "import jax; from ftjax import launch; plan = launch.initialize(); "
+        "import jax; from ftjax.training import launch; plan = launch.initialize(); "
         "print(plan.reason, jax.process_index(), jax.process_count())"
     )
     root = str(Path(__file__).resolve().parents[1])

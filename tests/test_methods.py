@@ -397,7 +397,7 @@ class WordTokenizer:
 @pytest.mark.parametrize("family", CONFIGS)
 def test_prompt_initialised_from_text_and_vocabulary(family):
     model, params = base(family)
-    table = np.asarray(partition.flatten(params)[methods.hub.family_of(model).word_embeddings])
+    table = np.asarray(partition.flatten(params)[hub.family_of(model).word_embeddings])
     for init, text in (("text", "w5 w9"), ("vocab", "")):
         method = methods.resolve("prompt", model, {"length": 3, "init": init, "text": text})
         _, new = methods.apply(method, model, params, rng=0, tokenizer=WordTokenizer())

@@ -50,7 +50,7 @@ from ftjax.training.state import state_shardings
 from ftjax.training.train import TrainState, make_train_step
 
 SHAPES_DIR = Path(__file__).parent / "model_shapes"
-SHAPE_SUFFIX = "-shape"  # model=llama2-7b-shape: ftjax/model_shapes/llama2-7b/config.json
+SHAPE_SUFFIX = "-shape"  # model=llama2-7b-shape: ftjax/planning/model_shapes/llama2-7b/config.json
 PLAN_STEPS = 1000  # the schedule's length changes no shape
 
 
