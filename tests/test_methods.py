@@ -20,6 +20,7 @@ from ftjax.models import (
     GPT2Model,
     T5Config,
     T5Model,
+    hub,
     init_params,
 )
 from ftjax.training.config import standalone_task
