@@ -13,7 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top: a module may import its own layer or a lower one. The modules directly
 # in ftjax/ are the entry points (`python -m ftjax.X`), above every folder.
-LAYERS = ("core", "data", "models", "tasks", "methods", "interop", "training", "planning", "studies")
+LAYERS = (
+    "core",
+    "data",
+    "models",
+    "tasks",
+    "methods",
+    "interop",
+    "training",
+    "planning",
+    "studies",
+)
 ENTRY = "entry points"
 
 
@@ -129,8 +139,8 @@ def test_no_import_circle_in_ftjax():
 
 def test_no_import_runs_up_a_layer():
     found = upward_imports(ROOT / "ftjax")
-    assert not found, "upward imports (LAYERS, bottom to top: " + ", ".join(LAYERS) + "):\n" + (
-        "\n".join(found)
+    assert not found, (
+        "upward imports (LAYERS, bottom to top: " + ", ".join(LAYERS) + "):\n" + ("\n".join(found))
     )
 
 

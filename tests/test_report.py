@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftjax.studies import report
+from ftjax.studies.sweep import LEARNING_RATE
 
 TOTAL = 22_713_218
 TRAINABLE = {"lora": 72_194, "full": TOTAL}
@@ -234,8 +235,8 @@ def write_tuned_study(root: Path, higher_is_better: bool = True) -> None:
                 root,
                 f"seed={seed},learning_rate={rate}",
                 run_results(test, validation),
-                axes={"train.seed": str(seed), report.LEARNING_RATE: rate},
-                tuned=[report.LEARNING_RATE],
+                axes={"train.seed": str(seed), LEARNING_RATE: rate},
+                tuned=[LEARNING_RATE],
                 higher_is_better=higher_is_better,
             )
 
@@ -243,7 +244,7 @@ def write_tuned_study(root: Path, higher_is_better: bool = True) -> None:
 def test_tuned_axis_is_chosen_on_validation_not_test(tmp_path: Path):
     write_tuned_study(tmp_path)
     (row,) = report.summarize(report.load_points(tmp_path))
-    assert row.chosen == {report.LEARNING_RATE: "1e-4"}
+    assert row.chosen == {LEARNING_RATE: "1e-4"}
     assert row.mean == pytest.approx(statistics.mean([0.790, 0.800]))
     assert row.seeds == 2
     (cells,) = parse_table(report.table([row]))
@@ -255,7 +256,7 @@ def test_tuned_axis_is_chosen_on_validation_not_test(tmp_path: Path):
 def test_tuned_axis_lower_is_better_picks_the_smallest(tmp_path: Path):
     write_tuned_study(tmp_path, higher_is_better=False)
     (row,) = report.summarize(report.load_points(tmp_path))
-    assert row.chosen == {report.LEARNING_RATE: "1e-3"}  # validation mean 0.755
+    assert row.chosen == {LEARNING_RATE: "1e-3"}  # validation mean 0.755
 
 
 def test_plots_are_written(study: Path, tmp_path: Path):
