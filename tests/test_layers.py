@@ -121,7 +121,7 @@ def upward_imports(package: Path) -> list[str]:
         if lb != la and rank(lb) > rank(la):
             where = mods[a].relative_to(package.parent)
             out.append(f"{where}:{line}: {a} ({la}) imports {b} ({lb})")
-    return out
+    return sorted(set(out))
 
 
 def unplaced_folders(package: Path) -> list[str]:
