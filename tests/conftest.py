@@ -65,16 +65,9 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> None:
 # On this CPU, XLA takes ~1.7 s to compile each threefry random draw (an init, a dropout
 # mask) but ~0.2 s with the RngBitGenerator-based "rbg" implementation. The invariants
 # tested here do not depend on which bits the generator produces, so the suite uses
-# rbg; tests that compare random streams across shardings set the impl themselves.
+# rbg for the keys made without an implementation (a run's keys carry the run's own,
+# `config.train.prng_impl`, and never change this default: tests/test_trainer.py).
 jax.config.update("jax_default_prng_impl", "rbg")
-
-
-@pytest.fixture(autouse=True)
-def _suite_prng_impl():
-    """`experiment.build` sets the run's PRNG implementation process-wide; put the
-    suite's back after every test, so no test depends on which ran before it."""
-    yield
-    jax.config.update("jax_default_prng_impl", "rbg")
 
 
 @pytest.fixture(scope="module")

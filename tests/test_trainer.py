@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.flatten_util
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ from ftjax.evaluate import evaluate, evaluate_untrained
 from ftjax.methods import MethodError
 from ftjax.training import checkpoints, loop
 from ftjax.training.config import ConfigError, compiler_options
-from ftjax.training.experiment import build
+from ftjax.training.experiment import build, run_key
 from ftjax.training.state import initial_state
 from ftjax.training.steps import Steps
 from tests.helpers import xla
@@ -396,3 +397,20 @@ def test_mfu_counts_the_whole_step_against_a_closed_form(tmp_path):
         # A step timed with its compilation would last at least the compilation (which
         # may be a load from the suite's persistent cache: a tenth of a second).
         assert train[0]["step_seconds"] < train[0]["compile_seconds"] / 2
+
+
+def test_a_run_sets_its_prng_per_key_and_leaves_the_process_default(tiny):
+    """Two runs in one process, threefry and rbg: each one's keys carry its own
+    implementation (head init, method init, the loop's keys) and neither changes JAX's
+    default, which the process keeps whatever ran before."""
+    default = jax.config.jax_default_prng_impl
+    heads = {}
+    for impl in ("threefry2x32", "rbg"):
+        exp = build(tiny_config(*tiny, "lora", prng_impl=impl))
+        key = run_key(exp.config)
+        assert str(jax.random.key_impl(key)) == impl
+        assert jax.config.jax_default_prng_impl == default
+        heads[impl] = jax.flatten_util.ravel_pytree(exp.params["head"])[0]
+        again = jax.flatten_util.ravel_pytree(exp.task.init_head(key)["head"])[0]
+        np.testing.assert_array_equal(heads[impl], again)  # the head came from the run's key
+    assert not np.array_equal(heads["threefry2x32"], heads["rbg"])

@@ -68,7 +68,7 @@ def init_prompt(model, params, method: Method, rng, tokenizer=None) -> dict:
     flat = partition.flatten(params)
     table = flat[family.word_embeddings]  # may be sharded: only the chosen rows are read
     length = method.peft.prompt_length
-    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
     if method.prompt_init == "vocab":
         candidates = np.arange(table.shape[0])
         if tokenizer is not None:  # skip special and unused tokens

@@ -53,7 +53,7 @@ def table(
         method = resolve(name, model, opts)
         new_model, new_params = apply(method, model, params)
         features = jnp.zeros((1, new_model.config.hidden_size))
-        head = Head(num_labels).init(jax.random.PRNGKey(0), features)["params"]
+        head = Head(num_labels).init(jax.random.key(0), features)["params"]
         new_params = {**new_params, "head": nn.unbox(head)}
         mask = trainable_mask(method, new_params, training=False)  # none: a row of zeros
         lines.append(method_row(method, new_params, mask))

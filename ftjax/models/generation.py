@@ -405,7 +405,7 @@ def generate(
         ids,
         mask,
         pick=_token_picker(strategy, temperature, top_p),
-        rng=jax.random.PRNGKey(0) if rng is None else rng,
+        rng=jax.random.key(0) if rng is None else rng,
         eos=eos_token_id,
         pad=pad_token_id,
     )

@@ -207,7 +207,7 @@ def abstract_params(model: nn.Module, family: Family) -> Params:
 
 def _abstract(model: nn.Module, family: Family) -> Params:
     variables = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), **family.dummy_inputs(model.config))
+        lambda: model.init(jax.random.key(0), **family.dummy_inputs(model.config))
     )
     return variables["params"]
 
@@ -215,7 +215,7 @@ def _abstract(model: nn.Module, family: Family) -> Params:
 def init_params(model: nn.Module, rng: jax.Array | int = 0) -> Params:
     """Random canonical params for `model` (tiny test configs, or new parts); plain arrays."""
     family, model = family_of(model), stacking.unscanned(model)
-    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    rng = jax.random.key(rng) if isinstance(rng, int) else rng
     variables = jax.jit(lambda key: model.init(key, **family.dummy_inputs(model.config)))(rng)
     return nn.unbox(variables["params"])
 
@@ -369,7 +369,7 @@ def complete_params(
         ", sharded" if shardings is not None else "",
         _summarise(new),
     )
-    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
     return traverse_util.unflatten_dict({**flat, **fill(flat, key)}, sep="/")
 
 

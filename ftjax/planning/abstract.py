@@ -42,6 +42,7 @@ from ftjax.training.config import ConfigError, compiler_options, method_options,
 from ftjax.training.experiment import (
     check_positions,
     model_overrides,
+    run_key,
     unreached_params,
     with_dropout,
 )
@@ -170,7 +171,7 @@ def build(
     task.attach(model)
     check_positions(config, task)
     # The mask is the method's over canonical per-layer paths, as a run computes it.
-    head = jax.eval_shape(task.init_head, jax.random.PRNGKey(0))
+    head = jax.eval_shape(task.init_head, jax.random.key(0))
     canonical = {**nn.unbox(hub.abstract_params(model, family)), **head}
     mask = methods.trainable_mask(method, canonical, unreached_params(task, canonical))
     params, mask, layer_masks = stored_params(model, family, head, mask)
@@ -194,7 +195,7 @@ def stored_params(
     if not stacking.is_scanned(model):
         return {**nn.unbox(hub.abstract_params(model, family)), **head}, mask, {}
     dummy = family.dummy_inputs(model.config)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **dummy))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy))
     leaf_mask, layer_masks = stacking.layer_masks(model, hub.stack_depths(model), mask)
     return {**nn.unbox(variables["params"]), **head}, leaf_mask, layer_masks
 
@@ -270,8 +271,10 @@ def abstract_batch(setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
-def abstract_rng(mesh: jax.sharding.Mesh) -> jax.ShapeDtypeStruct:
-    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+def abstract_rng(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> jax.ShapeDtypeStruct:
+    key = jax.eval_shape(lambda: run_key(config))
     return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
 
 
@@ -290,7 +293,7 @@ def lower(setup: Setup) -> jax.stages.Lowered:
         donate_argnums=0,
     )
     with jax.set_mesh(setup.mesh):  # where the model's activation constraints find it
-        return fn.lower(state, batch, abstract_rng(setup.mesh))
+        return fn.lower(state, batch, abstract_rng(setup.config, setup.mesh))
 
 
 def compile_step(setup: Setup) -> jax.stages.Compiled:
@@ -331,7 +334,7 @@ def xla_flops(setup: Setup) -> float:
         k: jax.ShapeDtypeStruct((rows, *v.shape[skip:]), v.dtype)
         for k, v in abstract_batch(setup).items()
     }
-    rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+    rng = jax.eval_shape(lambda: run_key(setup.config))
     step = make_train_step(setup.task.loss, setup.tx, 1, setup.layer_masks)
     cost = jax.jit(step).lower(unplaced, batch, rng).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -230,7 +230,7 @@ class Task:
         head = self.head()
         if head is None:
             return {}
-        abstract = jax.eval_shape(head.init, jax.random.PRNGKey(0), self.head_input())
+        abstract = jax.eval_shape(head.init, jax.random.key(0), self.head_input())
         return {HEAD: nn.get_partition_spec(abstract)["params"]}
 
     def backbone_params(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -285,7 +285,7 @@ class LanguageModeling(Task):
         """(per-token losses, which tokens count) of this batch."""
         ids, real = batch["input_ids"], (batch["attention_mask"] > 0) & real_rows(batch)
         mask_key, dropout_key = (
-            jax.random.split(rng) if rng is not None else (jax.random.PRNGKey(EVAL_MASK_SEED), None)
+            jax.random.split(rng) if rng is not None else (jax.random.key(EVAL_MASK_SEED), None)
         )
         if self.objective() == "span_corruption":
             return self.target_losses(params, batch, dropout_key)

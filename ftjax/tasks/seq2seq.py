@@ -335,7 +335,7 @@ class TextToText(Task):
             length_penalty=t.length_penalty,
             temperature=t.temperature,
             top_p=t.top_p,
-            rng=jax.random.PRNGKey(0),
+            rng=jax.random.key(0),
             eos_token_id=self.eos_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )

@@ -69,7 +69,7 @@ def build(
     config: ml_collections.ConfigDict, data_override: str | None = None, devices=None
 ) -> Experiment:
     """The run `config` describes; `data_override` evaluates on another dataset's test split."""
-    set_prng_impl(config.train.prng_impl)
+    key = run_key(config)  # an unknown prng_impl fails here, before anything loads
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, sharding.batch_divisor(mesh))
     # Read tensor by tensor into the params' shardings: no host holds the whole model.
@@ -87,13 +87,13 @@ def build(
         model, params = peft_format.start_from_adapter(method, model, params)
     else:
         model, params = methods.apply(
-            method, model, params, rng=config.train.seed, tokenizer=tokenizer, shardings=shardings
+            method, model, params, rng=key, tokenizer=tokenizer, shardings=shardings
         )
     task.attach(model)
     check_positions(config, task)
     # Encoded before the head exists: a task may take its label set from the data.
     encoded = encode_splits(config, task, source, evaluation_only=data_override is not None)
-    params = with_head(params, task.init_head(jax.random.PRNGKey(config.train.seed)), config)
+    params = with_head(params, task.init_head(key), config)
     unreached = unreached_params(task, params)
     mask = methods.trainable_mask(method, params, unreached, training=data_override is None)
     frozen = {p: v for p, v in partition.flatten(params).items() if not mask[p]}
@@ -148,10 +148,13 @@ def with_head(params: dict, new_head: dict, config: ml_collections.ConfigDict) -
     return params
 
 
-def set_prng_impl(name: str) -> None:
-    """JAX's default PRNG implementation (process-wide: every key made afterwards)."""
+def run_key(config: ml_collections.ConfigDict, seed: int | None = None) -> jax.Array:
+    """A typed PRNG key of the run's implementation (`config.train.prng_impl`) from `seed`
+    (default `train.seed`). Each key carries its implementation, so a run never changes
+    JAX's process-wide default, and two runs in one process keep their own streams."""
+    name = config.train.prng_impl
     try:
-        jax.config.update("jax_default_prng_impl", name)
+        return jax.random.key(config.train.seed if seed is None else seed, impl=name)
     except ValueError as err:  # JAX's message lists the implementations it knows
         raise ConfigError(f"config.train.prng_impl={name!r}: {err}") from err
 

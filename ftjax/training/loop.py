@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from ftjax.training import checkpoints, fingerprint
 from ftjax.training.config import best_metric
-from ftjax.training.experiment import Experiment, build
+from ftjax.training.experiment import Experiment, build, run_key
 from ftjax.training.metrics import MetricWriter, Progress
 from ftjax.training.state import initial_state
 from ftjax.training.steps import Steps, shape_key
@@ -192,7 +192,7 @@ def _train_loop(exp, state, steps, mngr, writer, epoch, start) -> dict[str, Any]
     per_epoch = exp.steps_per_epoch
     progress = Progress(exp.total_steps, int(state.step), cfg.log_every)
     stop = StopFlag()
-    base_rng = jax.random.PRNGKey(cfg.seed)
+    base_rng = run_key(exp.config)
     eval_every = cfg.eval_every or validation_interval(exp.total_steps, cfg.evaluations)
     checkpoint_every = cfg.checkpoint_every or eval_every
     step = int(state.step)
