@@ -231,3 +231,47 @@ def test_peft_adapter_starts_a_run(tmp_path, shallow_checkpoints, data):
     again.method.init_from = str(adapter)
     evaluated = evaluate_untrained(again, tmp_path / "eval")["test"]
     assert evaluated["perplexity"] == pytest.approx(results["test"]["perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_classifier_has_transformers_bias_free_score_and_exports(
+    family, tmp_path, shallow_checkpoints, data
+):
+    """A decoder's pooled head is transformers' `score`: one dense layer without bias, on
+    the last real token. A LoRA run of it exports to --format hf and --format peft, and
+    transformers (+ PEFT) compute the run's logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from ftjax.export import main
+
+    config = tiny_run_config(
+        "sentiment", shallow_checkpoints[family], data, "lora", train__epochs=1
+    )
+    config.task.pooling = "last"
+    loop.run(config, tmp_path / "run")
+    exp, _, _, _ = loop.restore_run(tmp_path / "run")
+    flat = trained(tmp_path / "run")
+    assert {p for p in flat if p.startswith("head/")} == {"head/dense/kernel"}
+    params = partition.unflatten(flat)
+    batch = {k: v for k, v in _inputs(exp.task.tokenizer).items() if k != "token_type_ids"}
+    assert (batch["attention_mask"] == 0).any()  # the last real token is found past padding
+    ours = np.asarray(exp.task.outputs_of(params, batch))
+    torch_batch = {k: torch.tensor(v) for k, v in batch.items()}
+
+    for fmt in ("hf", "peft"):
+        assert (
+            main(
+                ["--workdir", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / fmt)]
+            )
+            == 0
+        )
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert type(merged).__name__.endswith("ForSequenceClassification")
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+        shallow_checkpoints[family], num_labels=2, pad_token_id=exp.task.tokenizer.pad_token_id
+    ).eval()
+    adapted = peft.PeftModel.from_pretrained(reference, tmp_path / "peft").eval()
+    with torch.no_grad():
+        for model in (merged, adapted):
+            assert np.abs(model(**torch_batch).logits.numpy() - ours).max() <= 1e-4

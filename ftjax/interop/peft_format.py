@@ -349,9 +349,10 @@ def _head_from_peft(tensors, rest: set[str], config, where) -> dict[str, np.ndar
             f"{where}: tensors {sorted(rest)[:4]} are not one task head under "
             "modules_to_save; ftjax's task head is one dense layer"
         )
-    weight = tensors[f"{heads[0]}.weight"]
-    bias = tensors.get(f"{heads[0]}.bias", np.zeros(weight.shape[0], np.float32))
-    return {"head/dense/kernel": np.ascontiguousarray(weight.T), "head/dense/bias": bias}
+    out = {"head/dense/kernel": np.ascontiguousarray(tensors[f"{heads[0]}.weight"].T)}
+    if f"{heads[0]}.bias" in tensors:  # GPT-2's and Llama's `score` has none
+        out["head/dense/bias"] = tensors[f"{heads[0]}.bias"]
+    return out
 
 
 METHOD_OF = {"LORA": "lora", "PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix"}

@@ -127,6 +127,9 @@ class Family:
     max_positions: Callable[[Any], int | None] = lambda config: None
     # What tasks need to know: is it a causal decoder (GPT-style: pool the last token)?
     causal: bool = False
+    # Whether transformers' sequence classifier of the family has a bias (GPT-2's and
+    # Llama's `score` has none): pooled heads follow it, so a trained head exports as is.
+    sequence_head_bias: bool = True
     # Parameters that encoder features (token states of the first stack) never reach,
     # e.g. T5's decoder and LM head: tasks that read only those states leave them frozen.
     unused_by_encoder_features: tuple[str, ...] = ()

@@ -261,5 +261,6 @@ FAMILY = Family(
     embeddings_pattern="(word|position)_embeddings/.*",
     lora_targets=r"decoder/layer_\d+/attention/(query|value)",
     causal=True,
+    sequence_head_bias=False,
     max_positions=lambda cfg: cfg.max_position_embeddings,
 )

@@ -251,4 +251,5 @@ FAMILY = Family(
     embeddings_pattern="word_embeddings/.*",
     lora_targets=r"decoder/layer_\d+/attention/(query|value)",
     causal=True,
+    sequence_head_bias=False,
 )

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from ftjax.data.batching import Examples, Seq
-from ftjax.models import layers
+from ftjax.models import hub, layers
 from ftjax.tasks import scoring
 from ftjax.tasks.base import (
     HEAD,
@@ -43,13 +43,14 @@ class Head(nn.Module):
 
     outputs: int
     dropout: float = 0.0
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         x = layers.Dropout(self.dropout)(x, deterministic=deterministic)
-        return layers.Dense(self.outputs, (layers.EMBED, "classes"), name="dense")(
-            x.astype(jnp.float32)
-        )
+        return layers.Dense(
+            self.outputs, (layers.EMBED, "classes"), use_bias=self.use_bias, name="dense"
+        )(x.astype(jnp.float32))
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -158,7 +159,8 @@ class PooledTask(Task):
         return self.spec.width(self.model.config.hidden_size)
 
     def head(self) -> Head:
-        return Head(self.outputs, self.config.task.head_dropout)
+        bias = hub.family_of(self.model).sequence_head_bias  # as transformers' classifier
+        return Head(self.outputs, self.config.task.head_dropout, bias)
 
     def head_input(self) -> jax.Array:
         return jnp.zeros((1, self.feature_width), jnp.float32)
