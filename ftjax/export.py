@@ -5,7 +5,9 @@
 - `peft`: `adapter_config.json` + `adapter_model.safetensors` that
   `peft.PeftModel.from_pretrained` loads onto the transformers class matching the task
   (`ftjax.interop.peft_format`): LoRA, prefix (not T5) and prompt tuning, the head under
-  `modules_to_save`.
+  `modules_to_save`. A pooled sentence head no transformers class computes (the
+  default's mean pooling on BERT) goes beside an `AutoModel` adapter, with the loader
+  code in the folder's README (`ftjax.interop.pooled_head`).
 - `hf`: a transformers checkpoint folder, LoRA merged, the head included, config.json
   naming the `*For<Task>` / LM class (`ftjax.interop.hf_format`), with the tokenizer.
 - `ftjax`: every parameter as ftjax runs it (`ftjax.interop.native_format`), for what neither
@@ -24,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ftjax.interop import hf_classes, hf_format, native_format, peft_format
+from ftjax.interop import hf_classes, hf_format, native_format, peft_format, pooled_head
 from ftjax.interop.hf_classes import ExportError
 from ftjax.models import load_tokenizer
 from ftjax.training.backbone import (
@@ -51,7 +53,9 @@ def export_run(
     out = Path(out) if out else workdir / "export" / f"{fmt}_step_{chosen}"
     model, source = exp.task.model, exp.config.model.name
     trained = {p for p, on in exp.mask.items() if on}
-    if fmt == "peft":
+    if fmt == "peft" and pooled_head.supports(exp.task):  # e.g. the default's mean pooling
+        pooled_head.write(exp.task, params, out, trained, source)
+    elif fmt == "peft":
         cls = hf_classes.task_class(exp.task, params)
         peft_format.write_adapter(model, params, cls, out, trained, source)
     elif fmt == "hf":
@@ -68,14 +72,24 @@ def native_reasons(exp, params, trained) -> str:
     """Why the run needs the ftjax format: what `peft` and `hf` each refuse."""
     reasons = []
     for fmt, files in (
-        ("peft", lambda cls: peft_format.adapter_files(exp.task.model, params, cls, trained)),
-        ("hf", lambda cls: hf_format.checkpoint_files(exp.task.model, params, cls)),
-    ):
+        ("peft", lambda: _peft_files(exp.task, params, trained)),
+        ("hf", lambda: hf_format.checkpoint_files(
+            exp.task.model, params, hf_classes.task_class(exp.task, params)
+        )),
+    ):  # fmt: skip
         try:
-            files(hf_classes.task_class(exp.task, params))
+            files()
         except ExportError as err:
             reasons.append(f"--format {fmt} refuses: {err}")
     return "; ".join(reasons) or "written as asked (--format peft and hf would hold it too)"
+
+
+def _peft_files(task, params, trained):
+    if pooled_head.supports(task):
+        return pooled_head.adapter_files(task, params, trained)
+    return peft_format.adapter_files(
+        task.model, params, hf_classes.task_class(task, params), trained
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,33 @@ def test_decoder_classifier_has_transformers_bias_free_score_and_exports(
     with torch.no_grad():
         for model in (merged, adapted):
             assert np.abs(model(**torch_batch).logits.numpy() - ours).max() <= 1e-4
+
+
+def test_default_mean_pooled_run_exports_to_peft_with_a_loader_that_computes_it(
+    tmp_path, shallow_checkpoints, data
+):
+    """The default config's head (mean of the last layer, one dense layer) has no
+    transformers class: --format peft writes an AutoModel adapter, the head and a README
+    whose code, run as written, gives the run's logits with PEFT + transformers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from ftjax.export import main
+    from ftjax.interop import pooled_head
+
+    config = tiny_run_config(
+        "sentiment", shallow_checkpoints["bert"], data, "lora", train__epochs=1
+    )
+    loop.run(config, tmp_path / "run")
+    exp, _, _, _ = loop.restore_run(tmp_path / "run")
+    assert exp.task.spec.pooling == "mean"  # the default's ("auto" on BERT)
+    params = partition.unflatten(trained(tmp_path / "run"))
+    texts = ["a fine, moving film", "dull"]
+    ours = np.asarray(exp.task.outputs_of(params, _inputs(exp.task.tokenizer)))
+    out = tmp_path / "peft"
+    assert main(["--workdir", str(tmp_path / "run"), "--format", "peft", "--out", str(out)]) == 0
+    assert peft_format.read_config(out)["task_type"] == "FEATURE_EXTRACTION"
+    namespace: dict = {}
+    exec(pooled_head.loader_code(out), namespace)  # the README's code, as a user runs it
+    theirs = namespace["logits"](texts).numpy()
+    assert np.abs(theirs - ours).max() <= 1e-4
+    assert np.abs(ours).max() > 1e-3  # a trained head, not zeros

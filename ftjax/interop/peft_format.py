@@ -78,7 +78,7 @@ def write_adapter(
     """Writes params' method parameters (and task head) as a PEFT adapter folder for the
     transformers class `cls` on `base_model`. `trained`: the paths that trained (the run's
     mask); a trained base weight has no place in an adapter and is refused by name."""
-    return _write(out, *adapter_files(model, params, cls, trained, base_model))
+    return write_files(out, *adapter_files(model, params, cls, trained, base_model))
 
 
 def adapter_files(
@@ -220,7 +220,7 @@ def _prefix_tensors(model, model_type: str, flat) -> tuple[dict, dict]:
     return {PROMPT_KEY: np.ascontiguousarray(table)}, fields
 
 
-def _write(out: str | Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
+def write_files(out: str | Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
     from safetensors.numpy import save_file
 
     out = Path(out)

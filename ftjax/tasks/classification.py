@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from ftjax.data.batching import Examples, Seq
-from ftjax.models import hub, layers
+from ftjax.models import layers
 from ftjax.tasks import scoring
 from ftjax.tasks.base import (
     HEAD,
@@ -159,7 +159,7 @@ class PooledTask(Task):
         return self.spec.width(self.model.config.hidden_size)
 
     def head(self) -> Head:
-        bias = hub.family_of(self.model).sequence_head_bias  # as transformers' classifier
+        bias = self.family.sequence_head_bias  # as transformers' classifier of the family
         return Head(self.outputs, self.config.task.head_dropout, bias)
 
     def head_input(self) -> jax.Array:
