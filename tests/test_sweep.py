@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from ftjax.data.splits import stratified_sample
-from ftjax.studies import sweep
+from ftjax.studies import report, sweep
 from ftjax.training.config import ConfigError
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
@@ -80,6 +81,9 @@ def test_learning_rate_factors_scale_each_methods_default_and_are_tuned():
         ("data.train_examples=-3", "must be >= 0"),
         ("method=lorx", "method='lorx'"),
         ("method.rank=0", "rank=0 must be >= 1"),
+        # checked against the model's config.json, before any point runs:
+        ("method.extra_trainable=('encoder/nope/.*',)", "'encoder/nope/.*' matches no parameter"),
+        ("data.max_length=32,4096", "beyond the 64 positions of model"),
     ],
 )
 def test_a_bad_grid_value_fails_before_anything_runs(tmp_path, capsys, grid, message):
@@ -113,20 +117,23 @@ def commands_in(log: Path) -> int:
 
 @pytest.mark.slow
 def test_sweep_skips_finished_resumes_stopped_and_goes_past_failures(tmp_path):
-    """Points in order: length 32 (runs), 4096 (too long for the model: fails when it
-    runs), 48 (stopped by SIGTERM at its first checkpoint, then resumed)."""
+    """Points in order: dataset `data` (runs), `nowhere` (no such folder: fails when it
+    runs, past the sweep's checks, which read configs and the model, not the data),
+    `copy` (stopped by SIGTERM at its first checkpoint, then resumed)."""
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
+    shutil.copytree(data, tmp_path / "copy")
     root = tmp_path / "study"
+    names = ",".join(str(tmp_path / n) for n in ("data", "nowhere", "copy"))
     command = [
         sys.executable, "-m", "ftjax.sweep", "--config", "configs/sentiment.py:method=bitfit",
-        "--root", str(root), "--grid", "data.max_length=32,4096,48",
-        f"--config.model.name={model}", f"--config.data.name={data}",
+        "--root", str(root), "--grid", f"data.name={names}",
+        f"--config.model.name={model}", "--config.data.max_length=32",
         "--config.data.batch_size=8", "--config.train.max_steps=40",
         "--config.train.checkpoint_every=2", "--config.train.log_every=1",
         "--config.train.prng_impl=rbg",
     ]  # fmt: skip
     first = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    stopped = root / "max_length=48"
+    stopped = root / "name=copy"
     deadline = time.monotonic() + 300
     while not any((stopped / "checkpoints").glob("[0-9]*")):
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
@@ -138,17 +145,17 @@ def test_sweep_skips_finished_resumes_stopped_and_goes_past_failures(tmp_path):
     def status(name: str) -> dict:
         return json.loads((root / name / "point.json").read_text())
 
-    assert status("max_length=32")["status"] == "finished"
-    assert status("max_length=4096")["status"] == "failed"
-    assert "lower config.data.max_length" in status("max_length=4096")["error"]
-    assert status("max_length=48")["status"] == "stopped"
-    results = (root / "max_length=32" / "results.json").read_text()
+    assert status("name=data")["status"] == "finished"
+    assert status("name=nowhere")["status"] == "failed"
+    assert "nowhere" in status("name=nowhere")["error"]
+    assert status("name=copy")["status"] == "stopped"
+    results = (root / "name=data" / "results.json").read_text()
 
     again = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1, again.stderr[-3000:]
     assert "1 finished, 1 already finished, 1 failed" in again.stdout
-    assert (root / "max_length=32" / "results.json").read_text() == results
-    assert commands_in(root / "max_length=32" / "log.txt") == 1  # never ran again
+    assert (root / "name=data" / "results.json").read_text() == results
+    assert commands_in(root / "name=data" / "log.txt") == 1  # never ran again
     assert (
         commands_in(stopped / "log.txt") == 2
         and "resumed from step" in (stopped / "log.txt").read_text()
@@ -159,8 +166,10 @@ def test_sweep_skips_finished_resumes_stopped_and_goes_past_failures(tmp_path):
     finished = json.loads((stopped / "results.json").read_text())
     assert finished["step"] == 40 and finished["params"]["trainable"] > 0
     assert set(finished["validation"]) >= {"accuracy", "loss"}
-    assert status("max_length=48")["status"] == "finished"
-    assert status("max_length=4096")["status"] == "failed"
+    assert status("name=copy")["status"] == "finished"
+    assert status("name=nowhere")["status"] == "failed"
+    # the report's rows follow the grid's order, not the folders' names
+    assert [p.name for p in report.load_points(root)] == ["name=data", "name=nowhere", "name=copy"]
 
 
 def test_stratified_sample_keeps_class_shares_and_nests():

@@ -40,6 +40,7 @@ class Point:
     error: str | None
     wall_seconds: float | None
     results: dict[str, Any] | None  # results.json or eval.json; None when absent
+    grid_order: list[int] = dataclasses.field(default_factory=list)  # [grid's start, index]
 
     @property
     def results_file(self) -> str:
@@ -51,7 +52,9 @@ class Point:
 
 
 def load_points(root: str | Path) -> list[Point]:
-    """Every ROOT/*/point.json, in natural order of their names (seed=2 before seed=10)."""
+    """Every ROOT/*/point.json in grid order (the sweeps in the order they first ran,
+    each grid's points as it expanded them); points recorded without it (older sweeps)
+    after them, in natural order of their names (seed=2 before seed=10)."""
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root}: no such folder (give the --root of an ftjax.sweep study)")
@@ -61,7 +64,8 @@ def load_points(root: str | Path) -> list[Point]:
             f"{root}: no point.json in any subfolder, so no ftjax.sweep study to report on "
             "(is it the sweep's --root? the sweep writes point.json before it runs anything)"
         )
-    return [_load_point(folder) for folder in folders]
+    points = [_load_point(folder) for folder in folders]
+    return sorted(points, key=lambda p: (0, p.grid_order) if p.grid_order else (1, []))
 
 
 def _load_point(folder: Path) -> Point:
@@ -84,6 +88,7 @@ def _load_point(folder: Path) -> Point:
         error=record.get("error"),
         wall_seconds=record.get("wall_seconds"),
         results=results,
+        grid_order=[int(x) for x in record.get("grid_order") or []],
     )
 
 

@@ -142,18 +142,36 @@ def checked_config(point: Point):
 
 
 def check_method(config) -> None:
-    """The method's options against the model's family and config (its config.json, not
-    its weights). A GGUF checkpoint is read whole to learn its config: its point checks
-    the method when it runs."""
-    from ftjax import methods
+    """The method and the task against the model's config.json (not its weights), as the
+    run checks them before compiling: the method's options, its patterns (each must name
+    a parameter), the task on the family (packing included) and the sequence lengths
+    against the position table. A GGUF checkpoint is read whole to learn its config: its
+    point checks these when it runs. Prompting draws its demonstrations from the data,
+    so its lengths are checked by the run."""
+    from ftjax import methods, tasks
     from ftjax.models import hub
     from ftjax.training.config import method_options
+    from ftjax.training.experiment import check_positions
 
     directory = _checkpoint_dir(config.model.name)
     if not (directory / "config.json").is_file():
         return
     family, model_config = hub.read_config(directory)
-    methods.resolve(config.method.name, family.module(model_config), method_options(config.method))
+    task = tasks.make(config, _tokenizer(config.model.name))
+    model = task.prepare_model(family.module(model_config))
+    method = methods.resolve(config.method.name, model, method_options(config.method))
+    model = type(model)(dataclasses.replace(model.config, peft=method.peft))
+    methods.trainable_mask(method, hub.abstract_params(model, family), training=False)
+    task.attach(model)
+    if config.task.name != "prompting":
+        check_positions(config, task)
+
+
+@functools.cache
+def _tokenizer(name: str):
+    from ftjax.models import load_tokenizer
+
+    return load_tokenizer(name)
 
 
 @functools.cache
@@ -268,13 +286,17 @@ class Sweep:
     def prepare(self, configs: list) -> None:
         """point.json for every point; finished ones keep their record (and their wall
         seconds are added up over resumes)."""
-        for point, config in zip(self.points, configs, strict=True):
+        started = time.time_ns()
+        for index, (point, config) in enumerate(zip(self.points, configs, strict=True)):
             if self.finished(point):
                 continue
+            earlier = self.read_record(point)
             self.record(
                 point, **describe(point, config, self.entry, self.command(point)),
                 status="pending", returncode=None, error=None,
-                wall_seconds=self.read_record(point).get("wall_seconds"),
+                wall_seconds=earlier.get("wall_seconds"),
+                # (when its grid first ran, its place in the grid): the report's row order
+                grid_order=earlier.get("grid_order") or [started, index],
             )  # fmt: skip
 
     def run_point(self, point: Point) -> dict[str, Any]:
