@@ -7,8 +7,9 @@ prompt, for each way a pretrained model can score text:
   never encoded once per choice.
 - `encoder_decoder_choices` (T5): the encoder runs once per row; the decoder reads each
   choice after `decoder_start_token_id`.
-- `masked_choices` (BERT-style encoders with an MLM head, PET-style cloze): the log-
-  probability of each single-token choice at the row's [MASK] position.
+- `masked_choices` (BERT-style encoders with an MLM head, PET's cloze): the log-
+  probability of a one-token choice at the row's [MASK]; a longer one by PET's decoding
+  (as many [MASK]s as tokens, filled most-confident first, one pass each).
 
 Each returns [batch, choices] summed log-probabilities of the choice's tokens (float32).
 Everything is traceable: it compiles inside the eval or train step that calls it.
@@ -156,17 +157,78 @@ def masked_choices(
     inputs: dict[str, Array],
     mask_position: Array,
     choices: Array,
+    lengths: tuple[int, ...],
     *,
     rng=None,
 ) -> Array:
-    """`inputs` the encoder's (input_ids, attention_mask, token_type_ids) with one [MASK]
-    per row at `mask_position` [B]; `choices` [C] single token ids."""
-    at_mask = model.apply(
+    """`inputs` the encoder's (input_ids, attention_mask) with a slot of W [MASK]s per
+    row from `mask_position` [B]; `choices` [C, W] token ids, choice c's first
+    `lengths[c]` real (W = the longest).
+
+    The slot keeps as many [MASK]s as the choice has tokens (the tail moves left). A
+    one-token choice is read off one pass at its [MASK]. A choice of k > 1 tokens is
+    scored as PET does (Schick & Schütze 2021, "It's not just size that matters", s. 3):
+    each pass scores every still-masked slot position with the choice's own token there,
+    fills the position the model is surest of, and adds that log-probability, k passes
+    in all. `lengths` is static (it sets the passes)."""
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    width = choices.shape[1]
+    columns = {}
+    single = [c for c, k in enumerate(lengths) if k == 1]
+    if single:
+        one = _with_slot(ids, attention, mask_position, 1, width)
+        at_mask = _slot_logprobs(model, params, *one, mask_position[:, None], rng)
+        picked = at_mask[:, 0, choices[jnp.asarray(single), 0]]
+        columns.update({c: picked[:, i] for i, c in enumerate(single)})
+    for c, k in enumerate(lengths):
+        if k > 1:
+            slotted = _with_slot(ids, attention, mask_position, k, width)
+            columns[c] = _pet_score(model, params, *slotted, mask_position, choices[c, :k], rng)
+    return jnp.stack([columns[c] for c in range(len(lengths))], axis=1)
+
+
+def _slot_logprobs(model, params, ids, attention, positions, rng) -> Array:
+    """[B, k, vocab] log-probabilities at `positions` [B, k]."""
+    logits = model.apply(
         {"params": params},
-        **inputs,
+        input_ids=ids,
+        attention_mask=attention,
         deterministic=rng is None,
         rngs=_rngs(rng),
-        logit_positions=mask_position[:, None],
-    ).logits[:, 0]
-    logp = jax.nn.log_softmax(at_mask.astype(jnp.float32), axis=-1)
-    return logp[:, choices]
+        logit_positions=positions,
+    ).logits
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _pet_score(model, params, ids, attention, mask_position, word, rng) -> Array:
+    """[B] PET's score of the k-token `word` (see `masked_choices`), its k [MASK]s at
+    `mask_position`."""
+    k = word.shape[0]
+    slot = mask_position[:, None] + jnp.arange(k)[None]  # [B, k]
+    rows = jnp.arange(ids.shape[0])
+    filled = jnp.zeros(slot.shape, bool)
+    total = jnp.zeros(ids.shape[0], jnp.float32)
+    for step in range(k):
+        step_rng = None if rng is None else jax.random.fold_in(rng, step)
+        logp = _slot_logprobs(model, params, ids, attention, slot, step_rng)
+        own = jnp.take_along_axis(logp, jnp.broadcast_to(word, slot.shape)[..., None], -1)[..., 0]
+        own = jnp.where(filled, -jnp.inf, own)
+        best = jnp.argmax(own, axis=1)
+        total = total + own[rows, best]
+        ids = ids.at[rows, slot[rows, best]].set(word[best])
+        filled = filled.at[rows, best].set(True)
+    return total
+
+
+def _with_slot(ids, attention, mask_position, k: int, width: int):
+    """Each row's slot of `width` [MASK]s cut to k (the tail moved left by width - k,
+    padding after it): the width never grows, so positions stay in the model's table."""
+    if k == width:
+        return ids, attention
+    index = jnp.arange(ids.shape[1])[None]
+    source = jnp.where(index >= mask_position[:, None] + k, index + (width - k), index)
+    inside = source < ids.shape[1]
+    source = jnp.minimum(source, ids.shape[1] - 1)
+    ids = jnp.where(inside, jnp.take_along_axis(ids, source, axis=1), 0)
+    attention = jnp.where(inside, jnp.take_along_axis(attention, source, axis=1), 0)
+    return ids, attention

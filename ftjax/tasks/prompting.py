@@ -14,8 +14,9 @@ word; the end of the template if absent). Scoring follows the family
   prompt; in-context demonstrations are one shared context, encoded once;
 - T5: the template (demonstrations first) is the encoder's input, the word the decoder's;
 - BERT-style encoders: cloze (PET, Schick & Schütze 2021): the word's log-probability at
-  a [MASK] in the `{label}` slot; words must be one token each. A checkpoint without an
-  MLM head gets one initialised from the tied embeddings (warned).
+  a [MASK] in the `{label}` slot; a word of k tokens gets k [MASK]s, filled the most
+  confident first, one pass each (PET's decoding). A checkpoint without an MLM head gets
+  one initialised from the tied embeddings (warned).
 
 `task.length_normalize` divides each word's score by its number of tokens.
 `task.shots` > 0 prepends that many demonstrations from the training split (the whole
@@ -148,12 +149,6 @@ class Prompting(Task):
             tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if not tokens:
                 raise TaskError(f"config.task.label_words[{label}]={word!r} tokenizes to nothing")
-            if masked and len(tokens) != 1:
-                pieces = self.tokenizer.convert_ids_to_tokens(tokens)
-                raise TaskError(
-                    f"config.task.label_words[{label}]={word!r} is {len(tokens)} tokens "
-                    f"{pieces}; a masked LM's cloze scores one [MASK]: choose one-token words"
-                )
             ids.append(tokens)
         width = max(len(x) for x in ids)
         choices = np.zeros((len(ids), width), np.int32)
@@ -196,7 +191,9 @@ class Prompting(Task):
         body = prompt
         if self.scorer == "masked":
             tail = self.tail_text.format(text=text, pair=pair or "")
-            body += self.config.task.target_delimiter + self.tokenizer.mask_token + tail
+            # as many [MASK]s as the longest word has tokens (PET's decoding)
+            masks = self.tokenizer.mask_token * self.choices.shape[1]
+            body += self.config.task.target_delimiter + masks + tail
         offset = len(self.demo_text)
         return self.demo_text + body, (span[0] + offset, span[1] + offset)
 
@@ -344,8 +341,9 @@ class Prompting(Task):
         arrays: dict[str, Any] = {"input_ids": units}
         if self.scorer == "masked":
             mask_id = self.tokenizer.mask_token_id
+            slot = self.choices.shape[1]  # the slot's masks are the last ones
             arrays["mask_position"] = np.asarray(
-                [int(np.flatnonzero(u == mask_id)[-1]) for u in units], np.int32
+                [int(np.flatnonzero(u == mask_id)[-slot]) for u in units], np.int32
             )
         return Examples(arrays, {"input_ids": Seq("source", pad)}, rows)
 
@@ -375,8 +373,9 @@ class Prompting(Task):
             )  # fmt: skip
         else:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            lengths = tuple(int(n) for n in self.choice_mask.sum(1))
             out = likelihood.masked_choices(
-                self.model, params, inputs, batch["mask_position"], choices[:, 0], rng=rng
+                self.model, params, inputs, batch["mask_position"], choices, lengths, rng=rng
             )
         if self.config.task.length_normalize:
             out = out / choice_mask.sum(1)
