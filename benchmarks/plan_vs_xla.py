@@ -96,20 +96,16 @@ def run_case(name: str) -> dict:
     """One case in this process (its XLA_FLAGS must give the devices)."""
     import jax
 
-    from ftjax.planning import abstract as planning
-    from ftjax.planning import memory as planning_memory
+    from ftjax.planning import abstract, memory
 
     case = CASES[name]
     config = config_for(case)
     tic = time.perf_counter()
-    setup = planning.build(config, devices=jax.devices("cpu")[: case["devices"]])
-    plans = {
-        target: planning_memory.estimate(setup, planning_memory.TARGETS[target])
-        for target in ("cpu", "tpu")
-    }
-    compiled = planning.compile_step(setup)
+    setup = abstract.build(config, devices=jax.devices("cpu")[: case["devices"]])
+    plans = {target: memory.estimate(setup, memory.TARGETS[target]) for target in ("cpu", "tpu")}
+    compiled = abstract.compile_step(setup)
     seconds = time.perf_counter() - tic
-    xla = planning.xla_memory(compiled)
+    xla = abstract.xla_memory(compiled)
     return {
         "case": name,
         **{k: v for k, v in case.items() if k != "fields"},

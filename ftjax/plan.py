@@ -68,7 +68,7 @@ def set_config(config, mesh: dict[str, int] | None) -> None:
 
 def report(command: str, setup, plan, xla=None, xla_flops=None) -> str:
     """The plan as text: the run, the per-device table, FLOPs, what fits."""
-    from ftjax.planning import abstract as planning
+    from ftjax.planning import abstract
     from ftjax.planning.memory import gib
 
     cfg, mesh = setup.model.config, setup.mesh
@@ -98,7 +98,7 @@ def report(command: str, setup, plan, xla=None, xla_flops=None) -> str:
         lines.append(total)
         lines.append(
             "  XLA memory_analysis: "
-            + ", ".join(f"{k} {gib(xla[k])}" for k in planning.XLA_FIELDS)
+            + ", ".join(f"{k} {gib(xla[k])}" for k in abstract.XLA_FIELDS)
             + " (total = argument + output - alias + temp)"
         )
     else:
@@ -130,26 +130,25 @@ def main(argv: list[str]) -> None:
         os.environ["XLA_FLAGS"] = f"{xla_flags} {DEVICE_COUNT}={devices}".strip()
     import jax
 
-    from ftjax.planning import abstract as planning
-    from ftjax.planning import memory as planning_memory
+    from ftjax.planning import abstract, memory
 
     def run() -> None:
         config = CONFIG.value
         set_config(config, mesh)
         cpu = jax.devices("cpu")
         if len(cpu) < devices:
-            raise planning.PlanError(
+            raise abstract.PlanError(
                 f"--mesh {MESH.value}: {devices} devices, but this process has {len(cpu)} CPU "
                 f"devices (XLA_FLAGS sets {DEVICE_COUNT}; unset it or raise it)"
             )
-        setup = planning.build(config, devices=cpu[:devices])
+        setup = abstract.build(config, devices=cpu[:devices])
         backend = jax.default_backend()
         target = TARGET.value or (backend if backend in ("cpu", "tpu") else "gpu")
-        plan = planning_memory.estimate(setup, planning_memory.TARGETS[target])
+        plan = memory.estimate(setup, memory.TARGETS[target])
         xla = xla_flops = None
         if CHECK.value:
-            xla = planning.xla_memory(planning.compile_step(setup))
-            xla_flops = planning.xla_flops(setup)
+            xla = abstract.xla_memory(abstract.compile_step(setup))
+            xla_flops = abstract.xla_flops(setup)
         print(report(" ".join(sys.argv[1:]), setup, plan, xla, xla_flops))
 
     cli.reporting_user_errors(run)

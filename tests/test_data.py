@@ -6,8 +6,7 @@ import time
 import datasets
 import pytest
 
-from ftjax.data import assets
-from ftjax.data import splits as data
+from ftjax.data import assets, splits
 from ftjax.data.sources import SourceError
 from ftjax.data.splits import DataError, load_splits
 
@@ -69,7 +68,7 @@ def test_single_file_becomes_train(tmp_path):
 
 def test_hub_id_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: pytest.fail("went to hub"))
+    monkeypatch.setattr(splits.datasets, "load_dataset", lambda *a, **k: pytest.fail("went to hub"))
     start = time.monotonic()
     with pytest.raises(SourceError, match="'stanfordnlp/sst2'.*offline"):
         load_splits("stanfordnlp/sst2")

@@ -50,11 +50,11 @@ def test_cli_plans_a_small_llama_within_15_percent_of_xla(tmp_path):
 
 def test_bundled_shapes_have_the_published_sizes():
     from ftjax.models import hub
-    from ftjax.planning import abstract as planning
+    from ftjax.planning import abstract
 
     sizes = {}
-    for name in planning.shape_names():
-        family, config = planning.read_model_config(name)
+    for name in abstract.shape_names():
+        family, config = abstract.read_model_config(name)
         params = hub.abstract_params(family.module(config), family)
         sizes[name] = sum(leaf.size for leaf in jax_leaves(params))
     assert sizes == {
@@ -76,7 +76,7 @@ def jax_leaves(tree):
     "family, task", [("bert", "classification"), ("llama", "language_modeling"), ("t5", "seq2seq")]
 )
 def test_abstract_batch_is_the_loaders_longest_batch(tmp_path, family, task):
-    from ftjax.planning import abstract as planning
+    from ftjax.planning import abstract
     from ftjax.training import experiment
     from ftjax.training.config import base_config
     from tests.helpers.tiny import make_checkpoint, make_dataset
@@ -93,7 +93,7 @@ def test_abstract_batch_is_the_loaders_longest_batch(tmp_path, family, task):
         config.task.label_words = ("negative", "positive")
     loader = experiment.build(config).loader
     real = max(loader.train_batches(0, 0), key=lambda b: b["input_ids"].shape[1])
-    planned = planning.abstract_batch(planning.build(config))
+    planned = abstract.abstract_batch(abstract.build(config))
     assert {k: (v.shape, v.dtype) for k, v in planned.items()} == {
         k: (v.shape, v.dtype) for k, v in real.items()
     }
