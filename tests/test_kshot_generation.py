@@ -21,6 +21,7 @@ from ftjax.models import from_pretrained, load_tokenizer
 from ftjax.models.base import PeftConfig
 from ftjax.models.hub import complete_params
 from ftjax.tasks import seq2seq
+from ftjax.tasks.base import labelled_token_losses
 from ftjax.training.config import standalone_task
 from tests.helpers.tiny import make_checkpoint
 
@@ -96,3 +97,31 @@ def test_without_head_keeps_each_rows_rest_left_padded():
     assert rest_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]
     same = seq2seq.without_head(ids, mask, np.zeros(0, np.int32), 0)
     assert same[2] is None and same[0] is ids
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decoder_target_loss_reads_only_target_positions_and_equals_the_full_loss(tmp_path, case):
+    """The LM head runs on each row's target positions only (at most
+    data.max_target_length), and the loss and its per-token values equal those of the
+    logits at every position."""
+    family, frame, peft = CASES[case]
+    model, params, tokenizer = separated(family, tmp_path, peft)
+    if frame == "chat":
+        tokenizer.chat_template = CHATML
+    limit = {"max_length": 160} if frame == "chat" else {}
+    task = standalone_task("seq2seq", model, tokenizer, **{**OPTIONS, **limit}, prompt_format=frame)
+    task.prepare_data({"train": rows(CAPITALS[:4]), "test": rows(CAPITALS[4:])})
+    examples = task.encode(rows(CAPITALS[:5]), "test")
+    sizes = {group: buckets(limit) for group, limit in task.group_limits().items()}
+    batch = pad_batch(examples, np.arange(len(examples)), len(examples) + 1, sizes)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    whole, counted = labelled_token_losses(task.logits(params, batch), batch)
+    ours, ours_counted = task.token_losses(params, batch)
+    assert ours.shape[1] == OPTIONS["max_target_length"] < whole.shape[1]
+    np.testing.assert_allclose(
+        np.sort(np.asarray(ours)[np.asarray(ours_counted)]),
+        np.sort(np.asarray(whole)[np.asarray(counted)]),
+        rtol=1e-5,
+    )
+    expected = float((whole * counted).sum() / counted.sum())
+    assert float(task.loss(params, batch)[0]) == pytest.approx(expected, rel=1e-6)

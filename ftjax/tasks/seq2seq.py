@@ -288,7 +288,7 @@ class TextToText(Task):
 
     # ------------------------------------------------------------------ device
 
-    def logits(self, params, batch, rng=None) -> jax.Array:
+    def logits(self, params, batch, rng=None, positions=None) -> jax.Array:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.encoder_decoder:
             inputs["decoder_input_ids"] = batch["decoder_input_ids"]
@@ -298,10 +298,26 @@ class TextToText(Task):
             **inputs,
             deterministic=rng is None,
             rngs={"dropout": rng} if rng is not None else None,
+            logit_positions=positions,
         ).logits
 
+    def token_losses(self, params, batch, rng=None) -> tuple[jax.Array, jax.Array]:
+        """(per-token cross-entropy, which tokens count) of the targets. A decoder's LM
+        head runs only where a target token is predicted: each row's labelled positions
+        (at most `data.max_target_length`, in order), not its prompt's."""
+        if self.encoder_decoder or "segment_ids" in batch:  # T5: every position a target
+            return labelled_token_losses(self.logits(params, batch, rng), batch)
+        labels = batch["labels"]
+        width = min(labels.shape[1], self.config.data.max_target_length)
+        labelled = labels != IGNORE
+        positions = jnp.argsort(~labelled, axis=1, stable=True)[:, :width]  # labelled first
+        picked = jnp.take_along_axis(labels, positions, axis=1)
+        picked = jnp.where(jnp.take_along_axis(labelled, positions, axis=1), picked, IGNORE)
+        logits = self.logits(params, batch, rng, positions)
+        return labelled_token_losses(logits, {**batch, "labels": picked})
+
     def loss(self, params, batch, rng=None):
-        losses, counted = labelled_token_losses(self.logits(params, batch, rng), batch)
+        losses, counted = self.token_losses(params, batch, rng)
         loss, weight = masked_mean(losses, counted)
         return loss, {"weight": weight}
 
@@ -341,7 +357,7 @@ class TextToText(Task):
         )
 
     def eval_outputs(self, params, batch):
-        losses, counted = labelled_token_losses(self.logits(params, batch), batch)
+        losses, counted = self.token_losses(params, batch)
         weights = counted.astype(jnp.float32)
         sums = {"loss_sum": (losses * weights).sum(), "count": weights.sum()}
         return sums, {"generated": self.generate(params, batch)}
