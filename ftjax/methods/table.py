@@ -14,6 +14,7 @@ from ftjax.core import partition
 from ftjax.core.partition import BIAS_PATTERN, kind_of
 from ftjax.methods.applying import apply, trainable_mask
 from ftjax.methods.catalog import METHODS, Method, resolve
+from ftjax.models import hub
 
 
 def method_row(
@@ -53,7 +54,8 @@ def table(
         method = resolve(name, model, opts)
         new_model, new_params = apply(method, model, params)
         features = jnp.zeros((1, new_model.config.hidden_size))
-        head = Head(num_labels).init(jax.random.key(0), features)["params"]
+        bias = hub.family_of(model).sequence_head_bias
+        head = Head(num_labels, use_bias=bias).init(jax.random.key(0), features)["params"]
         new_params = {**new_params, "head": nn.unbox(head)}
         mask = trainable_mask(method, new_params, training=False)  # none: a row of zeros
         lines.append(method_row(method, new_params, mask))

@@ -58,14 +58,23 @@ def _model_asset_names() -> frozenset[str]:
     return assets.asset_names("model")
 
 
-# (is this folder a run's workdir, export its backbone and return the folder): set by
-# `ftjax.training.backbone`, which sits above the models and knows what a run is.
-_RUN_EXPORTER: list[Callable[[Path], Any]] = []
+# Exports a run's backbone and returns the folder: set by `ftjax.training.backbone`,
+# which sits above the models and knows how to restore a run.
+_RUN_EXPORTER: list[Callable[[Path], Path]] = []
 
 
-def use_run_exporter(is_run: Callable[[Path], bool], export: Callable[[Path], Path]) -> None:
-    """Lets a run's workdir stand for a model: `export(path)` when `is_run(path)`."""
-    _RUN_EXPORTER[:] = [is_run, export]
+def use_run_exporter(export: Callable[[Path], Path]) -> None:
+    """Lets a run's workdir stand for a model: `export(path)` gives its backbone folder."""
+    _RUN_EXPORTER[:] = [export]
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is an ftjax workdir (its run config and checkpoints)."""
+    path = Path(path)
+    config = path / "config.json"
+    if not (config.is_file() and (path / "checkpoints").is_dir()):
+        return False
+    return {"model", "method", "task"} <= set(json.loads(config.read_text()))
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
@@ -76,8 +85,14 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     kind = sources.classify_source(name, _model_asset_names)
     if kind == "path":
         path = Path(name).expanduser()
-        if _RUN_EXPORTER and _RUN_EXPORTER[0](path):  # a workdir: its backbone, exported once
-            return _RUN_EXPORTER[1](path)
+        if is_run(path):  # a workdir: its backbone, exported once
+            if not _RUN_EXPORTER:
+                raise CheckpointError(
+                    f"{path} is an ftjax run's workdir: its backbone is exported by "
+                    "ftjax.training (import it first), or name its export folder "
+                    "(python -m ftjax.export --workdir ... --format hf)"
+                )
+            return _RUN_EXPORTER[0](path)
         if not (path / "config.json").is_file() and gguf.find(path) is None:
             raise CheckpointError(
                 f"{path} has no config.json (nor one .gguf file): not a checkpoint folder"

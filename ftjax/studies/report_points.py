@@ -88,8 +88,16 @@ def _load_point(folder: Path) -> Point:
         error=record.get("error"),
         wall_seconds=record.get("wall_seconds"),
         results=results,
-        grid_order=[int(x) for x in record.get("grid_order") or []],
+        grid_order=_grid_order(record.get("grid_order")),
     )
+
+
+def _grid_order(value: Any) -> list[int]:
+    """[when its grid first ran, its place in it]; [] when absent or unreadable."""
+    try:
+        return [int(x) for x in value or []]
+    except (TypeError, ValueError):
+        return []
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

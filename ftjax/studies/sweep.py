@@ -41,6 +41,8 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from ftjax.data.asset_catalog import AssetError
+from ftjax.training.checkpoints import ResumeError
 from ftjax.training.config import ConfigError, parse_arg
 
 ENTRIES = {"main": ("ftjax.main", "results.json"), "prompt": ("ftjax.prompt", "eval.json")}
@@ -135,7 +137,8 @@ def checked_config(point: Point):
         config = load_config(point)
         validate(config, 1)
         check_method(config)
-    except (ConfigError, flags.Error, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (ConfigError, flags.Error, KeyError, TypeError, ValueError, AttributeError,
+            AssetError, ResumeError) as err:  # fmt: skip
         shown = " ".join([point.spec, *point.overrides])
         raise ConfigError(f"grid point {point.name or shown}: {reason(err)}") from err
     return config

@@ -342,9 +342,13 @@ class Prompting(Task):
         if self.scorer == "masked":
             mask_id = self.tokenizer.mask_token_id
             slot = self.choices.shape[1]  # the slot's masks are the last ones
-            arrays["mask_position"] = np.asarray(
-                [int(np.flatnonzero(u == mask_id)[-slot]) for u in units], np.int32
-            )
+            masks = [np.flatnonzero(u == mask_id) for u in units]
+            if any(len(m) < slot for m in masks):
+                raise TaskError(
+                    f"the tokenizer of {self.config.model.name} does not keep {slot} "
+                    f"consecutive {self.tokenizer.mask_token} tokens apart in the label slot"
+                )
+            arrays["mask_position"] = np.asarray([int(m[-slot]) for m in masks], np.int32)
         return Examples(arrays, {"input_ids": Seq("source", pad)}, rows)
 
     def content_free_batch(self) -> dict[str, np.ndarray]:

@@ -15,19 +15,13 @@ from pathlib import Path
 from ftjax import methods
 from ftjax.interop.hf_classes import ExportError
 from ftjax.models import hub, load_tokenizer, save_pretrained, stacking
+from ftjax.models.hub import is_run
 from ftjax.training.loop import checkpoint_manager, chosen_step, restore_run, run_config
 from ftjax.training.state import canonical_params
 
 STAMP = "ftjax_export.json"
 
-
-def is_run(path: str | Path) -> bool:
-    """Whether `path` is an ftjax workdir (its run config and checkpoints)."""
-    path = Path(path)
-    config = path / "config.json"
-    if not (config.is_file() and (path / "checkpoints").is_dir()):
-        return False
-    return {"model", "method", "task"} <= set(json.loads(config.read_text()))
+__all__ = ["STAMP", "export_backbone", "is_run", "refuse_unmergeable", "restore_params"]
 
 
 def restore_params(workdir: Path, step: str):
@@ -79,4 +73,4 @@ def refuse_unmergeable(method: str) -> None:
         )
 
 
-hub.use_run_exporter(is_run, export_backbone)
+hub.use_run_exporter(export_backbone)

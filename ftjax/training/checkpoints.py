@@ -9,7 +9,9 @@ latest checkpoints plus the best one by an eval metric.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +98,42 @@ def save(
     )
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_same_params(mngr: ocp.CheckpointManager, step: int, state) -> None:
+    """Refuses, naming them, trained params the checkpoint and this run do not share
+    (e.g. a head built differently by another ftjax version), before orbax would fail
+    on the trees with a message about partial restores."""
+    where = Path(mngr.directory) / str(step) / "state"
+    try:
+        with _quiet_absl():  # orbax warns that the step has no _CHECKPOINT_METADATA file
+            saved = ocp.StandardCheckpointer().metadata(where).item_metadata["params"]
+    except (KeyError, TypeError, ValueError, OSError):
+        return  # no readable metadata: the restore itself speaks
+    have, want = set(partition.flatten(dict(saved))), set(state.trainable)
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        raise ResumeError(
+            f"checkpoint {step} trained params this run does not build ({extra[:4]}) and "
+            f"lacks some it does ({missing[:4]}): it was written by a run of other code or "
+            "config (since issue 23, GPT-2 and Llama sequence heads have no bias, as "
+            "transformers' score); rerun it, or restore it with the ftjax that wrote it"
+        )
+
+
 def restore(mngr: ocp.CheckpointManager, state, step: int | None = None):
     """(state, meta) from checkpoint `step` (default: latest), laid out like `state`."""
     step = mngr.latest_step() if step is None else step
+    _check_same_params(mngr, step, state)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _arrays(state)
     )
