@@ -82,7 +82,9 @@ README = """# An ftjax run's adapter and sentence head
 Written by `python -m ftjax.export --format peft` for a run whose head reads
 {what}: no transformers class computes that, so the adapter is for the base model's
 `AutoModel` class, and the head ({outputs} outputs{labels}) sits beside it in
-`{head}`. This code computes the run's logits (`logits(["a sentence", ...])`):
+`{head}`. This code computes the run's logits (`logits(["a sentence", ...])`).
+`ftjax_head.json`'s `base_checkpoint` is the base model's folder where the run was
+exported (`base_model`: its name there); elsewhere, point it at the same checkpoint.
 
 ```python
 {loader}```
