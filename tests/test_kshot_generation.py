@@ -57,8 +57,9 @@ def separated(family: str, tmp_path, peft: PeftConfig):
     return model, params, load_tokenizer(path)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_shared_demonstrations_generate_the_same_tokens(tmp_path, case):
+def kshot_batch(tmp_path, case: str, test):
+    """(task with 3 demonstrations drawn, params, encoded `test` rows, their padded batch)
+    for one of CASES."""
     family, frame, peft = CASES[case]
     model, params, tokenizer = separated(family, tmp_path, peft)
     if frame == "chat":
@@ -67,11 +68,17 @@ def test_shared_demonstrations_generate_the_same_tokens(tmp_path, case):
     limit = {"max_length": 160} if frame == "chat" else {}
     task = standalone_task("seq2seq", model, tokenizer, **{**OPTIONS, **limit}, prompt_format=frame)
     task.prepare_data({"train": rows(CAPITALS[:4]), "test": rows(CAPITALS[4:])})
-    test = rows([("nevada", "x"), ("a long and winding state name", "y"), ("utah", "z")])
     examples = task.encode(test, "test")
     sizes = {group: buckets(limit) for group, limit in task.group_limits().items()}
     # One slot more than rows: an evaluation batch's masked filler row comes along.
     batch = pad_batch(examples, np.arange(len(examples)), len(examples) + 1, sizes)
+    return task, params, examples, batch
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_shared_demonstrations_generate_the_same_tokens(tmp_path, case):
+    test = rows([("nevada", "x"), ("a long and winding state name", "y"), ("utah", "z")])
+    task, params, examples, batch = kshot_batch(tmp_path, case, test)
     head = task.shared_context()
     assert len(head) > 10 and all(
         list(p[: len(head)]) == list(head) for p in examples.arrays["prompt"]
@@ -104,16 +111,7 @@ def test_decoder_target_loss_reads_only_target_positions_and_equals_the_full_los
     """The LM head runs on each row's target positions only (at most
     data.max_target_length), and the loss and its per-token values equal those of the
     logits at every position."""
-    family, frame, peft = CASES[case]
-    model, params, tokenizer = separated(family, tmp_path, peft)
-    if frame == "chat":
-        tokenizer.chat_template = CHATML
-    limit = {"max_length": 160} if frame == "chat" else {}
-    task = standalone_task("seq2seq", model, tokenizer, **{**OPTIONS, **limit}, prompt_format=frame)
-    task.prepare_data({"train": rows(CAPITALS[:4]), "test": rows(CAPITALS[4:])})
-    examples = task.encode(rows(CAPITALS[:5]), "test")
-    sizes = {group: buckets(limit) for group, limit in task.group_limits().items()}
-    batch = pad_batch(examples, np.arange(len(examples)), len(examples) + 1, sizes)
+    task, params, _, batch = kshot_batch(tmp_path, case, rows(CAPITALS[:5]))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     whole, counted = labelled_token_losses(task.logits(params, batch), batch)
     ours, ours_counted = task.token_losses(params, batch)
