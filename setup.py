@@ -23,7 +23,6 @@ setup(
         "datasets>=5.2,<5.3",
         "transformers>=5.23,<5.24",
         "safetensors",
-        "tensorboardX",  # TensorBoard event files without TensorFlow
         "numpy",
         "scipy",  # Pearson / Spearman for regression
         "rouge-score==0.1.2",  # ROUGE-L for generation tasks (Google's reference package)
@@ -45,6 +44,7 @@ setup(
             "scikit-learn",
             "accelerate==1.15.0",  # transformers needs it to load a GGUF reference model
             "peft==0.21.2",  # the reference ftjax's adapter exports are loaded with
+            "tensorboardX",  # the reference for the event files ftjax writes itself
         ],
     },
 )

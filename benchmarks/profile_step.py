@@ -167,8 +167,9 @@ def breakdown(hlo_text: str, times: collections.Counter, steps: int) -> dict:
     return table
 
 
-def build_step(model_name: str, method_name: str, length: int, dropout: float):
-    """(jitted train step, state, batches, rng_of) for ftjax's step on real rows."""
+def build_step(model_name: str, method_name: str, length: int, dropout: float, pack: int = 0):
+    """(jitted train step, state, batches, rng_of) for ftjax's step on real rows: padded
+    to `length`, or with `pack` > 0 packed into rows of `pack` tokens (mean pooling)."""
     import jax
     import numpy as np
     import optax
@@ -186,8 +187,14 @@ def build_step(model_name: str, method_name: str, length: int, dropout: float):
     model = type(model)(config)
     method = methods.resolve(method_name, model)
     model, params = methods.apply(method, model, params)
+    pooling = {"pooling": "mean"} if pack else {}
     task = standalone_task(
-        "classification", model, load_tokenizer(model_name), head_dropout=dropout, max_length=length
+        "classification",
+        model,
+        load_tokenizer(model_name),
+        head_dropout=dropout,
+        max_length=pack or length,
+        **pooling,
     )
     params = {**params, **task.init_head(jax.random.PRNGKey(0))}
     mask = methods.trainable_mask(method, params, unreached_params(task, params))
@@ -195,10 +202,12 @@ def build_step(model_name: str, method_name: str, length: int, dropout: float):
     state = create_state(params, mask, tx)
     rows = load_splits("sentiment")["train"].select(range(4 * 32))
     encoded = task.encode(rows, "train")
-    batches = [
-        batching.pad_batch(encoded, np.arange(i * 32, (i + 1) * 32), 32, {"source": [length]})
-        for i in range(4)
-    ]
+    index = [np.arange(i * 32, (i + 1) * 32) for i in range(4)]
+    if pack:  # one row count for all four, so one compile
+        rows = max(len(batching.pack_rows(encoded.group_lengths("source")[i], pack)) for i in index)
+        batches = [batching.pack_batch(encoded, i, 32, pack, 1, (rows,)) for i in index]
+    else:
+        batches = [batching.pad_batch(encoded, i, 32, {"source": [length]}) for i in index]
     step = jax.jit(make_train_step(task.loss, tx), donate_argnums=0)
     return step, state, batches, jax.random.PRNGKey
 
@@ -218,10 +227,12 @@ def matmul_peak(repeats: int = 20) -> float:
     return 2 * 2048 * 384 * 1536 * repeats / (time.perf_counter() - tic) / 1e9
 
 
-def profile(model: str, method: str, steps: int, length: int, dropout: float) -> dict:
+def profile(
+    model: str, method: str, steps: int, length: int, dropout: float, pack: int = 0
+) -> dict:
     import jax
 
-    step, state, batches, rng_of = build_step(model, method, length, dropout)
+    step, state, batches, rng_of = build_step(model, method, length, dropout, pack)
     start = time.perf_counter()
     compiled = step.lower(state, batches[0], rng_of(0)).compile()
     compile_s = time.perf_counter() - start
@@ -247,6 +258,8 @@ def profile(model: str, method: str, steps: int, length: int, dropout: float) ->
         "model": model,
         "method": method,
         "length": length,
+        "pack": pack,
+        "shape": list(batches[0]["input_ids"].shape),
         "dropout": dropout,
         "compile_s": compile_s,
         "step_ms": 1000 * sorted(wall)[len(wall) // 2],
@@ -264,7 +277,9 @@ def report(result: dict) -> str:
         cells[(op["family"], op["phase"])] += op["ms"]
     total = sum(by_family.values())
     lines = [
-        f"{result['model']} {result['method']}, 32 x {result['length']}, dropout "
+        f"{result['model']} {result['method']}, "
+        f"{'packed ' if result.get('pack') else ''}{' x '.join(map(str, result['shape']))}, "
+        "dropout "
         f"{result['dropout']}: median step {result['step_ms']:.0f} ms (wall), op time "
         f"{total:.0f} ms summed over thunks; compile {result['compile_s']:.1f} s",
         "",
@@ -299,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--pack", type=int, default=0, help="> 0: pack the 32 rows this wide")
     parser.add_argument("--out", help="also write the breakdown here as JSON")
     args = parser.parse_args(argv)
-    result = profile(args.model, args.method, args.steps, args.length, args.dropout)
+    result = profile(args.model, args.method, args.steps, args.length, args.dropout, args.pack)
     print(report(result))
     if args.out:
         with open(args.out, "w") as f:

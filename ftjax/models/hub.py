@@ -522,16 +522,35 @@ def save_pretrained(
     return out
 
 
+def _named_tokenizer_class(source: Path):
+    """The class a local checkpoint's tokenizer_config.json names, when transformers has
+    it; else None (AutoTokenizer decides). AutoTokenizer's own lookup imports the model
+    configurations, and with them torch wherever it is installed: ~2 s per process."""
+    import transformers
+
+    path = Path(source) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    name = json.loads(path.read_text()).get("tokenizer_class")
+    return getattr(transformers, name, None) if isinstance(name, str) else None
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The tokenizer stored with a checkpoint (asset name, folder or hub id)."""
-    from transformers import AutoTokenizer
-
     source = resolve_checkpoint_dir(name_or_path)
     gguf_file = gguf.find(source)
-    if gguf_file is not None:  # transformers builds it from the file's metadata
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    named = None if gguf_file is not None else _named_tokenizer_class(source)
+    if named is not None:
+        tokenizer = named.from_pretrained(str(source))
     else:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        from transformers import AutoTokenizer
+
+        if gguf_file is not None:  # transformers builds it from the file's metadata
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(gguf_file.parent), gguf_file=gguf_file.name
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # GPT-2 ships without a pad token; padded positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token

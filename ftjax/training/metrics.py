@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from ftjax.training.event_file import EventFileWriter
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, (np.generic, jax.Array)):
@@ -27,9 +29,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.tb = EventFileWriter(Path(workdir) / "tensorboard")
         self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115 - kept open
 
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
@@ -39,6 +39,7 @@ class MetricWriter:
         for key, value in plain.items():
             if isinstance(value, (int, float)):
                 self.tb.add_scalar(f"{kind}/{key}", value, step)
+        self.tb.flush()
         self.jsonl.write(json.dumps({"step": step, "kind": kind, **plain}) + "\n")
         self.jsonl.flush()
 
