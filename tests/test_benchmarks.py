@@ -46,3 +46,24 @@ def test_torch_reference_runs_every_method(tmp_path):
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| method |")
     assert [line.split("|")[1].strip() for line in table[1:]] == list(METHODS)
+
+
+def test_time_to_accuracy_alternates_the_sides_and_pairs_neighbours(tmp_path):
+    model = make_checkpoint(tmp_path / "model", max_position_embeddings=128)
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "runs.json"
+    script = SCRIPT.parent / "time_to_accuracy.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--pairs", "2", "--out", str(out),
+         "--torch-flags", f"--model {model} --data {data} --max-steps 2 --threads 1", "--",
+         f"--config.model.name={model}", f"--config.data.name={data}",
+         "--config.train.max_steps=2", "--config.train.prng_impl=rbg"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["side"] for r in runs] == ["ftjax", "torch", "torch", "ftjax"]
+    assert all(r["seconds"] > 0 and 0 <= r["test_accuracy"] <= 1 for r in runs)
+    pairs = [r["seconds"] for r in runs]
+    ratios = f"{pairs[1] / pairs[0]:.2f}x, {pairs[2] / pairs[3]:.2f}x"
+    assert f"pair ratios (torch s / ftjax s): {ratios}" in proc.stdout
