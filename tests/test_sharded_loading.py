@@ -358,10 +358,12 @@ def _unaligned(array: np.ndarray) -> np.ndarray:
 def test_host_memory_stays_near_one_tensor(tmp_path):
     """tracemalloc's peak (numpy's buffers are traced) while loading a small Llama: the
     host path holds the whole model (twice), the sharded loader a few copies of one tensor
-    (the slice read, its transpose, the copy handed to XLA)."""
+    (the slice read, its transpose, the copy handed to XLA), plus one in slack: under a
+    loaded suite XLA's copy of the previous tensor can still be in flight (CI once read
+    4.4 MB against a 3.3 MB peak alone)."""
     checkpoint = write_checkpoint(
         tmp_path / "m", "llama", vocab_size=1024, hidden_size=256, intermediate_size=1024,
-        num_layers=2, num_heads=8, num_kv_heads=4, head_dim=32, tie_word_embeddings=False,
+        num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32, tie_word_embeddings=False,
     )  # fmt: skip
     tensors = load_file(checkpoint / "model.safetensors")
     model_bytes = sum(t.nbytes for t in tensors.values())
@@ -386,7 +388,7 @@ def test_host_memory_stays_near_one_tensor(tmp_path):
         finally:
             tracemalloc.stop()
     assert peaks["host"] > model_bytes, peaks
-    assert peaks["sharded"] < min(4 * largest, model_bytes / 2), (peaks, model_bytes, largest)
+    assert peaks["sharded"] < min(5 * largest, model_bytes / 3), (peaks, model_bytes, largest)
 
 
 @pytest.fixture
