@@ -57,6 +57,14 @@ def run_torch(out: Path, flags: list[str]) -> dict:
     }
 
 
+def sides(pairs: int) -> list[str]:
+    """The run order: ftjax first in even pairs, PyTorch first in odd ones, so neither side
+    always runs on a machine the other just warmed (or heated)."""
+    return [
+        side for pair in range(pairs) for side in (("ftjax", "torch"), ("torch", "ftjax"))[pair % 2]
+    ]
+
+
 def summary(runs: list[dict]) -> list[str]:
     by_side = {s: [r["seconds"] for r in runs if r["side"] == s] for s in ("ftjax", "torch")}
     pairs = []
@@ -82,22 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | side | seconds | process seconds | test accuracy | median step s |")
     print("|---:|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:
-        for pair in range(args.pairs):
-            sides = ("ftjax", "torch") if pair % 2 == 0 else ("torch", "ftjax")
-            for side in sides:
-                if side == "ftjax":
-                    run = run_ftjax(Path(scratch) / f"ftjax{pair}", args.flags)
-                else:
-                    run = run_torch(
-                        Path(scratch) / f"torch{pair}.json", shlex.split(args.torch_flags)
-                    )
-                runs.append(run)
-                print(
-                    f"| {len(runs)} | {side} | {run['seconds']:.0f} | "
-                    f"{run['process_seconds']:.0f} | {run['test_accuracy']:.4f} | "
-                    f"{run['median_step_s']:.3f} |",
-                    flush=True,
+        for number, side in enumerate(sides(args.pairs), 1):
+            if side == "ftjax":
+                run = run_ftjax(Path(scratch) / f"ftjax{number}", args.flags)
+            else:
+                run = run_torch(
+                    Path(scratch) / f"torch{number}.json", shlex.split(args.torch_flags)
                 )
+            runs.append(run)
+            print(
+                f"| {number} | {side} | {run['seconds']:.0f} | "
+                f"{run['process_seconds']:.0f} | {run['test_accuracy']:.4f} | "
+                f"{run['median_step_s']:.3f} |",
+                flush=True,
+            )
     for line in summary(runs):
         print(line)
     if args.out:
