@@ -1,7 +1,7 @@
 """benchmarks/torch_reference.py, the PyTorch reference runner, end to end on a tiny
-BERT and tiny data: every method trains two steps and reports sane figures."""
+BERT and tiny data: every method trains two steps and reports sane figures; and
+benchmarks/time_to_accuracy.py, which alternates it with ftjax's default run."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.modules import load_module
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
 # Minutes, not seconds: outside the fast tier (pytest -m "not slow").
@@ -71,9 +72,7 @@ def test_time_to_accuracy_runs_both_sides_and_reports_their_ratio(tmp_path):
 
 
 def test_time_to_accuracy_swaps_the_order_every_pair_and_pairs_neighbours():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", TIME_TO_ACCURACY)
-    tta = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tta)
+    tta = load_module(TIME_TO_ACCURACY)
     assert tta.sides(3) == ["ftjax", "torch", "torch", "ftjax", "ftjax", "torch"]
     seconds = {"ftjax": [100, 200, 50], "torch": [300, 300, 400]}
     runs = [{"side": side, "seconds": seconds[side].pop(0)} for side in tta.sides(3)]

@@ -1,12 +1,11 @@
 """benchmarks/profile_step.py on a tiny BERT: a real jax.profiler trace of ftjax's train
 step, classified by phase and op family from the optimised HLO."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.modules import load_module
 from tests.helpers.tiny import make_checkpoint
 
 # Minutes, not seconds: outside the fast tier (pytest -m "not slow").
@@ -15,16 +14,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["profile_step"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_profile_classifies_every_phase_and_the_main_families(tmp_path):
-    profile_step = load_script()
+    profile_step = load_module(SCRIPT)
     model = make_checkpoint(tmp_path / "model")
     result = profile_step.profile(str(model), "full", steps=2, length=16, dropout=0.1)
     families = {op["family"] for op in result["ops"] if op["ms"] > 0}
@@ -37,7 +28,7 @@ def test_profile_classifies_every_phase_and_the_main_families(tmp_path):
 
 
 def test_hlo_parser_reads_fusions_and_their_name_stacks():
-    profile_step = load_script()
+    profile_step = load_module(SCRIPT)
     text = """HloModule m
 %fused_computation.1 (p0: f32[4,8], p1: f32[8,8]) -> f32[4,8] {
   %p0 = f32[4,8]{1,0} parameter(0)

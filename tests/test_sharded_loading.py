@@ -358,9 +358,9 @@ def _unaligned(array: np.ndarray) -> np.ndarray:
 def test_host_memory_stays_near_one_tensor(tmp_path):
     """tracemalloc's peak (numpy's buffers are traced) while loading a small Llama: the
     host path holds the whole model (twice), the sharded loader a few copies of one tensor
-    (the slice read, its transpose, the copy handed to XLA), plus one in slack: under a
-    loaded suite XLA's copy of the previous tensor can still be in flight (CI once read
-    4.4 MB against a 3.3 MB peak alone)."""
+    (the slice read, its transpose, the copy handed to XLA), plus one in slack: in a
+    loaded suite CI once read 4.4 MB against 3.3 MB alone (not traced to its cause; the
+    likeliest, XLA's copy of the previous tensor still in flight)."""
     checkpoint = write_checkpoint(
         tmp_path / "m", "llama", vocab_size=1024, hidden_size=256, intermediate_size=1024,
         num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32, tie_word_embeddings=False,

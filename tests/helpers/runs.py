@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -18,16 +17,14 @@ from ftjax.training.experiment import build
 from ftjax.training.state import initial_state
 from ftjax.training.steps import Steps
 from tests.helpers import synthetic
+from tests.helpers.modules import load_module
 from tests.helpers.tiny import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def config_file(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_module(ROOT / "configs" / f"{name}.py").get_config(arg)
 
 
 def tiny_run_config(name, model_dir, data_dir, method="full", **fields):
