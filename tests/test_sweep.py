@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ftjax.data.splits import stratified_sample
-from ftjax.studies import report, sweep
+from ftjax.studies import report, sweep, warm_process
 from ftjax.training.config import ConfigError
 from tests.helpers.tiny import make_checkpoint, make_dataset
 
@@ -210,3 +210,26 @@ def test_train_examples_subsamples_the_training_split_by_class(tmp_path):
     config.data.train_examples = 10**6
     with pytest.raises(ConfigError, match="config.data.train_examples=1000000.*has 64 rows"):
         build(config)
+
+
+def test_warm_runner_runs_a_module_as_python_m_would(tmp_path):
+    """Each run is its own process, forked from a server that imported the stack and
+    started no JAX runtime: its output goes to the log, its exit code and a signal that
+    kills it come back as a subprocess's would."""
+    runner = warm_process.WarmRunner("tests.helpers.echo_entry")
+    log = tmp_path / "log.txt"
+    log.write_text("$ the command\n")
+    run = runner.start(["--flag=a b", "3"], log)
+    run.join(timeout=120)
+    assert run.exitcode == 3
+    assert log.read_text().splitlines() == [
+        "$ the command", "flag a b argv ['3']", "warm True", "backends []",
+    ]  # fmt: skip
+    killed = runner.start(["sleep"], log)
+    deadline = time.monotonic() + 60
+    while log.read_text().count("backends") < 2:  # running, past its imports
+        assert time.monotonic() < deadline and killed.is_alive()
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGTERM)
+    killed.join(timeout=60)
+    assert killed.exitcode == -signal.SIGTERM

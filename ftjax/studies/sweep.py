@@ -29,10 +29,10 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,9 +41,8 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
-from ftjax.data.asset_catalog import AssetError
-from ftjax.training.checkpoints import ResumeError
-from ftjax.training.config import ConfigError, parse_arg
+from ftjax.core.errors import ConfigError
+from ftjax.studies.warm_process import WarmRunner
 
 ENTRIES = {"main": ("ftjax.main", "results.json"), "prompt": ("ftjax.prompt", "eval.json")}
 ALL_MEANS_ZERO = ("data.train_examples", "data.eval_examples", "data.test_examples")
@@ -68,6 +67,8 @@ class Point:
             return dataclasses.replace(
                 self, axes=axes, overrides=[*self.overrides, override(axis, value)]
             )
+        from ftjax.training.config import parse_arg  # here: ftjax.report imports this module
+
         path, _, arg = self.spec.partition(":")
         args = ",".join(f"{k}={v}" for k, v in {**parse_arg(arg), axis: value}.items())
         return dataclasses.replace(self, axes=axes, spec=f"{path}:{args}")
@@ -131,6 +132,8 @@ def load_config(point: Point):
 
 def checked_config(point: Point):
     """The point's config, validated as a run validates it before compiling anything."""
+    from ftjax.data.asset_catalog import AssetError
+    from ftjax.training.checkpoints import ResumeError
     from ftjax.training.config import validate
 
     try:
@@ -251,20 +254,28 @@ def describe(point: Point, config, entry: str, command: list[str]) -> dict[str, 
 class Sweep:
     """The points of one grid under ROOT and what running them needs."""
 
-    def __init__(self, root: Path, entry: str, points: list[Point], passthrough: list[str]):
+    def __init__(
+        self, root: Path, entry: str, points: list[Point], passthrough: list[str],
+        runner: WarmRunner | None = None,
+    ):  # fmt: skip
         self.root, self.entry, self.points, self.passthrough = root, entry, points, passthrough
+        self.runner = runner  # made at the first point run without one
         self.stop_signal: int | None = None
-        self.child: subprocess.Popen | None = None
+        self.child = None  # the running point's process
 
     def workdir(self, point: Point) -> Path:
         return self.root / point.name
 
-    def command(self, point: Point) -> list[str]:
-        module = ENTRIES[self.entry][0]
+    def arguments(self, point: Point) -> list[str]:
+        """The entry point's flags for this point."""
         return [
-            sys.executable, "-m", module, "--config", point.spec,
-            "--workdir", str(self.workdir(point)), *point.overrides, *self.passthrough,
+            "--config", point.spec, "--workdir", str(self.workdir(point)),
+            *point.overrides, *self.passthrough,
         ]  # fmt: skip
+
+    def command(self, point: Point) -> list[str]:
+        """What the point runs, as a shell would run it (recorded in point.json)."""
+        return [sys.executable, "-m", ENTRIES[self.entry][0], *self.arguments(point)]
 
     def read_record(self, point: Point) -> dict[str, Any]:
         """The point's point.json, {} before its first."""
@@ -313,9 +324,11 @@ class Sweep:
             out.write(f"$ {shlex.join(self.command(point))}\n")
             out.flush()
             start_offset = out.tell()
-            self.child = subprocess.Popen(self.command(point), stdout=out, stderr=subprocess.STDOUT)
-            code = self.child.wait()
-            self.child = None
+        # the command recorded, run in a process forked from a warm one
+        self.runner = self.runner or WarmRunner(ENTRIES[self.entry][0])
+        self.child = self.runner.start(self.arguments(point), log)
+        self.child.join()
+        code, self.child = self.child.exitcode, None
         wall = time.perf_counter() - tic + (earlier.get("wall_seconds") or 0.0)
         done = (workdir / ENTRIES[self.entry][1]).is_file()
         if code == 0 and done and not self.stop_signal:
@@ -329,8 +342,8 @@ class Sweep:
     def forward_signal(self, signum: int, frame) -> None:
         """The running point saves a checkpoint and exits; the sweep stops after it."""
         self.stop_signal = signum
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signum)
+        if self.child is not None and self.child.is_alive():
+            os.kill(self.child.pid, signum)
 
 
 def last_lines(log: Path, offset: int, lines: int = 15) -> str:
@@ -390,6 +403,8 @@ def launch_lines(argv: list[str], points: list[Point]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, fixed, passthrough = parse_args(argv)
+    # started first: its server imports what the points run while the grid is checked
+    runner = None if args.print else WarmRunner(ENTRIES[args.entry][0])
     try:
         points, configs = build_points(args, fixed)
     except ConfigError as err:
@@ -401,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--point {args.point!r} is not a point of this grid", file=sys.stderr)
             return 2
         points, configs = [points[chosen[0]]], [configs[chosen[0]]]
-    sweep = Sweep(Path(args.root), args.entry, points, passthrough)
+    sweep = Sweep(Path(args.root), args.entry, points, passthrough, runner)
     sweep.prepare(configs)
     if args.print:
         print("\n".join(launch_lines(argv, points)))

@@ -4,5 +4,17 @@ compiled steps (`train`, `steps`), the loop with its checkpoints and metrics (`l
 `checkpoints`, `metrics`, `fingerprint`), and a workdir as a model source (`backbone`).
 """
 
+from pathlib import Path
+
+from ftjax.models import hub as _hub
+
+
+def _export_backbone(workdir: Path) -> Path:
+    # imported when a run is named as a model, not with every module of this package
+    from ftjax.training.backbone import export_backbone
+
+    return export_backbone(workdir)
+
+
 # A workdir named as a model (`model.name = WORKDIR`) loads the run's exported backbone.
-from ftjax.training import backbone as _backbone  # noqa: F401
+_hub.use_run_exporter(_export_backbone)

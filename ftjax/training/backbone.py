@@ -2,9 +2,9 @@
 and its backbone written once as a transformers folder (`export_backbone`, LoRA merged,
 the task head left out by name) that the next run loads like any checkpoint.
 
-`models.hub` knows checkpoint folders, not runs: importing this module hands it
-`export_backbone` (`hub.use_run_exporter`), so `model.name = WORKDIR` works wherever a
-model name does.
+`models.hub` knows checkpoint folders, not runs: importing `ftjax.training` hands it
+`export_backbone` (`hub.use_run_exporter`, this module imported at the first run named
+as a model), so `model.name = WORKDIR` works wherever a model name does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ftjax import methods
 from ftjax.interop.hf_classes import ExportError
-from ftjax.models import hub, load_tokenizer, save_pretrained, stacking
+from ftjax.models import load_tokenizer, save_pretrained, stacking
 from ftjax.models.hub import is_run
 from ftjax.training.loop import checkpoint_manager, chosen_step, restore_run, run_config
 from ftjax.training.state import canonical_params
@@ -71,6 +71,3 @@ def refuse_unmergeable(method: str) -> None:
             "a run can start from a run that trained full, selective, BitFit, LayerNorm, "
             "top-k or LoRA (merged); `python -m ftjax.export --format ftjax` keeps the run"
         )
-
-
-hub.use_run_exporter(export_backbone)
