@@ -174,6 +174,24 @@ def test_every_param_has_logical_axes():
     assert tuple(axes["embeddings/word_embeddings/embedding"]) == ("vocab", "embed")
 
 
+def test_abstract_params_trace_a_config_once_and_hand_out_fresh_trees():
+    import dataclasses
+
+    from ftjax.models import hub
+
+    family = hub.family_of(BertModel(TINY_BERT))
+    config = dataclasses.replace(TINY_BERT, intermediate_size=TINY_BERT.intermediate_size + 8)
+    before = hub._traced.cache_info()
+    first = hub.abstract_params(BertModel(config), family)
+    first["encoder"].clear()  # a caller's edit stays its own
+    again = hub.abstract_params(BertModel(config), family)  # another module, same config
+    after = hub._traced.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    shapes = traverse_util.flatten_dict(nn.unbox(again), sep="/")
+    want = traverse_util.flatten_dict(init_params(BertModel(config)), sep="/")
+    assert {p: s.shape for p, s in shapes.items()} == {p: a.shape for p, a in want.items()}
+
+
 def test_bfloat16_compute_keeps_float32_params(tiny_checkpoint):
     model32, params = from_pretrained(tiny_checkpoint)
     model16, params16 = from_pretrained(tiny_checkpoint, dtype="bfloat16")
