@@ -34,11 +34,15 @@ STEP = flags.DEFINE_string("step", "latest", "checkpoint: latest, best or a step
 
 def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest") -> dict:
     from ftjax.training import steps
-    from ftjax.training.loop import restore_run
+    from ftjax.training.config import matmul_precision
+    from ftjax.training.loop import restore_run, run_config
 
     workdir = Path(workdir)
-    exp, restored, shardings, chosen = restore_run(workdir, step, data)
-    metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
+    recorded = (workdir / "config.json").is_file()  # else restore_run says what is missing
+    # as the run computed its results
+    with matmul_precision(run_config(workdir) if recorded else ml_collections.ConfigDict()):
+        exp, restored, shardings, chosen = restore_run(workdir, step, data)
+        metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
     return _write(workdir, data, {"step": chosen, "data": data or exp.config.data.name}, metrics)
 
 
@@ -48,13 +52,15 @@ def evaluate_untrained(
     """Test metrics of `config`'s model with nothing trained (step 0), written to
     WORKDIR/eval[_NAME].json beside the config."""
     from ftjax.training import experiment, loop, state, steps
+    from ftjax.training.config import matmul_precision
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    exp = experiment.build(config, data_override=data or config.data.name)
-    loop.save_config(config, workdir)
-    initial, shardings = state.initial_state(exp)
-    metrics = steps.Steps(exp, shardings).evaluate(initial, "test")
+    with matmul_precision(config):
+        exp = experiment.build(config, data_override=data or config.data.name)
+        loop.save_config(config, workdir)
+        initial, shardings = state.initial_state(exp)
+        metrics = steps.Steps(exp, shardings).evaluate(initial, "test")
     return _write(workdir, data, {"step": 0, "data": data or config.data.name}, metrics)
 
 

@@ -1,7 +1,7 @@
 """The layers chosen for XLA:CPU's speed keep their numerics: the hash-based dropout
 (drop rate, scaling, independence across elements and calls, gradient), the erf-based
-exact GELU against PyTorch's, LayerNorm's hand-written backward and the layer
-boundary's gradient."""
+exact GELU against PyTorch's, LayerNorm's hand-written backward, the layer
+boundary's gradient and bf16 matmul inputs in both passes."""
 
 import math
 
@@ -128,3 +128,43 @@ def test_layer_boundary_passes_values_and_gradients_unchanged():
     y, pullback = jax.vjp(layers.layer_boundary, x)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(pullback(cotangent)[0], cotangent)  # bit-exact
+
+
+def _dots(jaxpr) -> list:
+    """Every dot_general of a jaxpr, inside custom-vjp calls and jits too."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                found += _dots(inner)
+    return found
+
+
+def test_bf16_matmul_precision_dots_bf16_in_both_passes_and_accumulates_in_f32():
+    x = jax.random.normal(jax.random.key(0), (4, 6, 32))
+    kernel = jax.random.normal(jax.random.key(1), (32, 16)) / 8
+    weights = jax.random.normal(jax.random.key(2), (4, 6, 16))
+
+    def loss(x, kernel):
+        return jnp.sum(layers.matmul(x, kernel, jnp.float32) * weights)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    with jax.default_matmul_precision("bfloat16"):
+        value, (d_x, d_kernel) = grad(x, kernel)
+        dots = _dots(jax.make_jaxpr(grad)(x, kernel).jaxpr)
+    assert len(dots) == 3  # forward, d_x, d_kernel
+    for eqn in dots:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
+        assert eqn.outvars[0].aval.dtype == jnp.float32
+    # the same products of the bf16-rounded operands, accumulated in float64
+    x16, k16, w16 = (np.asarray(a.astype(jnp.bfloat16), np.float64) for a in (x, kernel, weights))
+    np.testing.assert_allclose(value, np.sum((x16 @ k16) * np.asarray(weights)), rtol=1e-5)
+    np.testing.assert_allclose(d_x, w16 @ k16.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_kernel, np.einsum("bsi,bso->io", x16, w16), rtol=1e-5, atol=1e-5)
+    # and within bf16's rounding of the float32 results, which the default keeps
+    exact = grad(x, kernel)
+    assert float(exact[0]) != float(value)
+    np.testing.assert_allclose(d_kernel, exact[1][1], rtol=0.05, atol=0.05)

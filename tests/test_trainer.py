@@ -264,6 +264,24 @@ def test_xla_options_parse_and_reach_the_compiler(tiny):
         Steps(exp, shardings).train(state, batch, jax.random.PRNGKey(0))
 
 
+def test_bf16_matmul_precision_reaches_the_steps_and_the_evaluation(tiny, tmp_path):
+    """model.matmul_precision=bfloat16: another run (its losses move by bf16 rounding,
+    no more), whose test metrics ftjax.evaluate reproduces exactly from its config."""
+    results = {}
+    for precision in ("", "bfloat16"):
+        config = config_for(tiny, max_steps=3)
+        config.train.log_every = 1
+        config.model.matmul_precision = precision
+        results[precision] = loop.run(config, tmp_path / (precision or "exact"))["test"]
+    exact, rounded = (train_losses(tmp_path / name) for name in ("exact", "bfloat16"))
+    assert exact != rounded
+    np.testing.assert_allclose(list(rounded.values()), list(exact.values()), rtol=2e-2)
+    assert evaluate(tmp_path / "bfloat16")["test"] == results["bfloat16"]
+    config.model.matmul_precision = "float16"
+    with pytest.raises(ConfigError, match="config.model.matmul_precision='float16'"):
+        build(config)
+
+
 def test_batch_not_divisible_by_the_data_axis():
     config = tiny_config(Path("unused"), Path("unused"))
     from ftjax.training.config import validate

@@ -8,9 +8,11 @@ only get wrong in combination (before anything compiles).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
+import jax
 import ml_collections
 
 from ftjax import methods, tasks
@@ -91,6 +93,10 @@ def base_config(
         {
             "name": args.get("model", "minilm"),
             "dtype": args.get("dtype", "float32"),  # bf16 is slower on CPU here (RESULTS.md)
+            # "bfloat16": dense matmuls take bf16 inputs (f32 accumulation, activations
+            # and params) in both passes, as TPUs do by default; "" = the backend's
+            # default (exact float32 on CPU and in the parity tests).
+            "matmul_precision": "",
             "dropout": -1.0,  # >= 0 overrides every dropout rate of the checkpoint's config
             # Storage of the frozen params (bfloat16 halves a LoRA run's weights); trainable
             # params stay float32 master weights whatever the compute dtype.
@@ -171,6 +177,14 @@ def base_config(
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.lock()
     return c
+
+
+def matmul_precision(config: ml_collections.ConfigDict) -> contextlib.AbstractContextManager:
+    """`config.model.matmul_precision` for what is traced inside (a run's build, steps,
+    evaluation and generation: `models.layers.matmul` reads it); a run from before the
+    field had the backend's default."""
+    precision = config.get("model", {}).get("matmul_precision", "")
+    return jax.default_matmul_precision(precision or None)
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
@@ -255,6 +269,7 @@ def validate(config: ml_collections.ConfigDict, mesh_batch_divisor: int) -> None
 
 CHOICES = {
     "model.remat": ("none", "full", "dots", "dots_no_batch"),  # models.layers.REMAT_POLICIES
+    "model.matmul_precision": ("", "bfloat16"),
     "optimizer.name": ("adamw", "adafactor", "sgd"),
     "optimizer.schedule": ("linear", "cosine", "constant"),
 }

@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ftjax.training import checkpoints, fingerprint
-from ftjax.training.config import best_metric
+from ftjax.training.config import best_metric, matmul_precision
 from ftjax.training.experiment import Experiment, build, run_key
 from ftjax.training.metrics import MetricWriter, Progress
 from ftjax.training.state import initial_state
@@ -102,7 +102,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains (resuming from the workdir's latest checkpoint), then tests; returns results."""
-    workdir = Path(workdir)
+    with matmul_precision(config):
+        return _run(config, Path(workdir))
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     exp = build(config)
     print(f"{'method':<10} {'trainable':>12} {'% total':>10}  per group\n{exp.table}", flush=True)
