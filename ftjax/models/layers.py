@@ -155,7 +155,9 @@ def _bf16_matmul_backward(saved: tuple[Array, Array], grad: Array) -> tuple[Arra
     grad16 = grad.astype(jnp.bfloat16)
     d_x = jnp.einsum("...o,io->...i", grad16, kernel16, preferred_element_type=jnp.float32)
     d_kernel = jnp.einsum("...i,...o->io", x16, grad16, preferred_element_type=jnp.float32)
-    return d_x, d_kernel
+    # A transpose after this dot (a tied head's `embedding.T`) would be folded into it as
+    # a transposed operand, which XLA:CPU's bf16 dot kernels lack: the barrier keeps it out.
+    return d_x, jax.lax.optimization_barrier(d_kernel)
 
 
 _bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
