@@ -2,7 +2,7 @@
 
     python benchmarks/torch_reference.py [--methods full,lora,prefix,prompt,probe]
         [--epochs 2] [--max-steps N] [--model DIR] [--data sentiment] [--threads N]
-        [--out FILE.json]
+        [--bf16] [--out FILE.json]
 
 Needs the `test` extra (torch, peft). The setting is ftjax's default run, so the
 figures sit beside experiments/RESULTS.md's methods table: the bundled MiniLM as
@@ -10,7 +10,9 @@ figures sit beside experiments/RESULTS.md's methods table: the bundled MiniLM as
 classifier), the `sentiment` splits, max length 64, batch 32 padded to the batch's
 longest row (dynamic padding, the usual PyTorch recipe), 2 epochs, seed 0, AdamW
 (weight decay 0.01, not on biases and LayerNorm, as ftjax), linear schedule with 6%
-warmup, global-norm clipping 1.0, each method at ftjax's default learning rate.
+warmup, global-norm clipping 1.0, each method at ftjax's default learning rate; float32,
+or with `--bf16` under `torch.autocast("cpu", torch.bfloat16)`, PyTorch's mixed precision
+(beside ftjax's `--config.model.matmul_precision=bfloat16`).
 
 Methods: `full`; `lora` (PEFT, r=8, alpha=16, dropout 0 on query/value: ftjax's
 defaults); `prefix` (PEFT prefix tuning, 20 virtual tokens, no reparameterisation);
@@ -198,14 +200,20 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     model = build_model(method, args.model)
     total = args.max_steps or args.epochs * len(data["train"])
     lr = METHOD_LEARNING_RATES[method]
-    result = {"method": method, "lr": lr, "trainable_pct": trainable_pct(model)}
-    result.update(train(model, data, lr, total))
-    result["test_accuracy"] = accuracy(model, data["test"])
+    result = {"method": method, "lr": lr, "trainable_pct": trainable_pct(model), "bf16": args.bf16}
+    with precision(args.bf16):
+        result.update(train(model, data, lr, total))
+        result["test_accuracy"] = accuracy(model, data["test"])
     full_batch_k_tokens = BATCH * result["padded_tokens_per_row"] / 1000
     result["ms_per_1k_padded_tokens"] = result["median_step_ms"] / full_batch_k_tokens
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["wall_s"] = time.perf_counter() - start
     return result
+
+
+def precision(bf16: bool):
+    """PyTorch's mixed precision on CPU: linear layers (and so their gradients) in bf16."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def trainable_pct(model: torch.nn.Module) -> float:
@@ -244,6 +252,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="sentiment", help="an ftjax data source")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bf16", action="store_true",
+        help="torch.autocast to bfloat16 (the counterpart of model.matmul_precision=bfloat16)",
+    )  # fmt: skip
     parser.add_argument("--out", help="write the settings and rows here as JSON")
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")

@@ -51,6 +51,24 @@ def test_torch_reference_runs_every_method(tmp_path):
     assert [line.split("|")[1].strip() for line in table[1:]] == list(METHODS)
 
 
+def test_torch_reference_bf16_runs_linear_layers_in_bf16(tmp_path):
+    import torch
+
+    reference = load_module(SCRIPT)
+    layer, x = torch.nn.Linear(4, 4), torch.ones(1, 4)
+    with reference.precision(True):
+        assert layer(x).dtype == torch.bfloat16
+    with reference.precision(False):
+        assert layer(x).dtype == torch.float32
+    model = make_checkpoint(tmp_path / "model")
+    args = reference.parse_args(
+        ["--model", str(model), "--data", str(make_dataset(tmp_path / "data")),
+         "--max-steps", "2", "--threads", "1", "--bf16"]
+    )  # fmt: skip
+    row = reference.run_method("lora", args)
+    assert row["bf16"] is True and row["steps"] == 2 and 0 <= row["test_accuracy"] <= 1
+
+
 def test_time_to_accuracy_runs_both_sides_and_reports_their_ratio(tmp_path):
     model = make_checkpoint(tmp_path / "model", max_position_embeddings=128)
     data = make_dataset(tmp_path / "data")
