@@ -1,7 +1,8 @@
 """ftjax against Hugging Face transformers + PEFT in PyTorch, step for step, in one run.
 
     python benchmarks/side_by_side.py [--methods full,lora,prefix,prompt]
-        [--padding equal,natural,packed] [--steps 8] [--threads 2] [--model DIR] [--out F]
+        [--padding equal,natural,packed] [--steps 8] [--threads 2] [--model DIR] [--bf16]
+        [--out F]
 
 Both sides train the same classifier (the bundled MiniLM by default; `--model` any
 transformers BERT folder) on the same movie-review rows, batch 32, dropout on, global
@@ -21,7 +22,9 @@ Reported per run: the train step's compile time (PyTorch: its first step), media
 ms after one warm-up step, ms per 1k real tokens (all timed steps' time over their real
 tokens), real and computed tokens per example, peak RSS. Then the ratios: PyTorch time
 over ftjax time per step (equal padding) and per real token (natural, packed), and the
-LoRA step over the full step on each side.
+LoRA step over the full step on each side. `--bf16`: each side in its bf16 mixed
+precision (ftjax `model.matmul_precision=bfloat16`, PyTorch `torch.autocast`); float32
+otherwise.
 """
 
 from __future__ import annotations
@@ -169,11 +172,19 @@ def summary(times: list[float], real: float, computed: float, compile_s: float, 
 
 
 def run_one(side: str, method: str, padding: str, args: argparse.Namespace) -> dict:
+    """One side's run; with --bf16 each side's mixed precision: ftjax's matmul precision
+    bfloat16 (model.matmul_precision), PyTorch's autocast to bfloat16."""
     if side == "ftjax":
-        result = run_ftjax(args.model, method, padding, args.steps)
+        import jax
+
+        with jax.default_matmul_precision("bfloat16" if args.bf16 else None):
+            result = run_ftjax(args.model, method, padding, args.steps)
     else:
-        result = run_torch(args.model, method, padding, args.steps, args.threads)
-    return {"side": side, "method": method, "padding": padding, **result}
+        from benchmarks.torch_reference import precision
+
+        with precision(args.bf16):
+            result = run_torch(args.model, method, padding, args.steps, args.threads)
+    return {"side": side, "method": method, "padding": padding, "bf16": args.bf16, **result}
 
 
 def plan(methods: list[str], paddings: list[str]) -> list[tuple[str, str, str]]:
@@ -246,6 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="a transformers BERT folder (default: minilm)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--one", nargs=3, metavar=("SIDE", "METHOD", "PADDING"))
+    parser.add_argument("--bf16", action="store_true", help="each side's bf16 mixed precision")
     args = parser.parse_args(argv)
     args.methods, args.padding = args.methods.split(","), args.padding.split(",")
     for name, chosen, known in (("methods", args.methods, METHODS),
@@ -269,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for side, method, padding in plan(args.methods, args.padding):
         command = [sys.executable, "-m", "benchmarks.side_by_side", "--one", side, method,
                    padding, "--steps", str(args.steps), "--threads", str(args.threads),
-                   "--model", args.model]  # fmt: skip
+                   "--model", args.model, *(["--bf16"] if args.bf16 else [])]  # fmt: skip
         proc = subprocess.run(command, capture_output=True, text=True, cwd=root)
         if proc.returncode:
             print(f"{side} {method} {padding} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)

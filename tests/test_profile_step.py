@@ -23,6 +23,7 @@ def test_profile_classifies_every_phase_and_the_main_families(tmp_path):
     assert {"dense matmuls", "layer norms", "dropout", "optimizer (AdamW, clipping)"} <= families
     assert set(families) <= set(profile_step.FAMILIES)
     assert result["flops"] > 0 and result["step_ms"] > 0 and result["matmul_peak_gflops"] > 0
+    assert result["matmul_peak_bf16_gflops"] > 0
     table = profile_step.report(result)
     assert "| **all** |" in table and "GFLOP (XLA's cost analysis)" in table
 

@@ -36,3 +36,12 @@ def test_both_sides_run_each_padding_and_equal_padding_computes_the_same_tokens(
     speedup = by[("torch", "lora", "equal")]["step_ms"] / by[("ftjax", "lora", "equal")]["step_ms"]
     assert f"- lora, equal padding: ftjax {speedup:.2f}x PyTorch + PEFT per step" in text
     assert "- ftjax, equal padding: LoRA step / full step" in text
+
+
+def test_bf16_runs_each_side_in_its_mixed_precision(tmp_path):
+    from benchmarks import side_by_side
+
+    model = make_checkpoint(tmp_path / "model")
+    args = side_by_side.parse_args(["--model", str(model), "--steps", "2", "--bf16"])
+    rows = [side_by_side.run_one(side, "lora", "equal", args) for side in ("ftjax", "torch")]
+    assert all(r["bf16"] and r["step_ms"] > 0 for r in rows)
