@@ -21,25 +21,32 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The longest files (seconds on this machine), run first: with
+# The longest files, run first: with
 # `--dist loadfile` a long file that starts last leaves the other worker idle at the end.
-LONGEST_FIRST = (
-    "test_studies.py",  # 131 (warm cache, 510-test run of 21d1aad)
-    "test_main.py",  # 65
-    "test_sweep.py",  # 62
-    "test_tasks_generative.py",  # 55
-    "test_trainer.py",  # 50
-    "test_multihost.py",  # 43
-    "test_smollm2.py",  # 40
-    "test_scale.py",  # 40
-    "test_sharded_loading.py",  # 30
-    "test_task_matrix_more.py",  # 30
-    "test_task_matrix.py",  # 27
-    "test_t5_cache.py",  # 25
-    "test_export.py",  # 25
-    "test_prompting.py",  # 20
-    "test_generation.py",  # 18
-    "test_accelerator_check.py",  # 14
+LONGEST_FIRST = (  # seconds of test time in the whole suite (fast tier), this session
+    "test_scale.py",  # ~110 (19)
+    "test_studies.py",  # ~80
+    "test_trainer.py",  # ~75 (23)
+    "test_tasks_generative.py",  # ~55
+    "test_main.py",  # ~55
+    "test_export.py",  # ~50 (35)
+    "test_smollm2.py",  # ~50
+    "test_t5_cache.py",  # ~45
+    "test_benchmarks.py",  # ~45
+    "test_methods.py",  # 43 (43)
+    "test_sweep.py",  # ~40 (7)
+    "test_task_matrix_more.py",  # ~40
+    "test_task_matrix.py",  # ~36
+    "test_multihost.py",  # ~30
+    "test_sharded_loading.py",  # ~30
+    "test_peft_export.py",  # ~30 (22)
+    "test_generation.py",  # ~25 (21)
+    "test_prompting.py",  # ~20 (17)
+    "test_packing.py",  # 17 (17)
+    "test_side_by_side.py",  # 16
+    "test_kshot_generation.py",  # 12 (12)
+    "test_lm.py",  # 11 (11)
+    "test_accelerator_check.py",  # 10
 )
 
 
