@@ -38,9 +38,7 @@ def evaluate(workdir: str | Path, data: str | None = None, step: str = "latest")
     from ftjax.training.loop import restore_run, run_config
 
     workdir = Path(workdir)
-    recorded = (workdir / "config.json").is_file()  # else restore_run says what is missing
-    # as the run computed its results
-    with matmul_precision(run_config(workdir) if recorded else ml_collections.ConfigDict()):
+    with matmul_precision(run_config(workdir)):  # as the run computed its results
         exp, restored, shardings, chosen = restore_run(workdir, step, data)
         metrics = steps.Steps(exp, shardings).evaluate(restored, "test")
     return _write(workdir, data, {"step": chosen, "data": data or exp.config.data.name}, metrics)

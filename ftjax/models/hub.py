@@ -222,15 +222,22 @@ def abstract_params(model: nn.Module, family: Family) -> Params:
 
 
 def _abstract(model: nn.Module, family: Family) -> Params:
-    fields = {f.name for f in dataclasses.fields(model)} - {"parent", "name"}
-    try:
-        hash(model.config)
-    except TypeError:
-        fields.add("an unhashable config")
-    if fields != {"config"}:  # not known by its config alone: traced each time
+    if not _known_by_config(model):
         return _trace(model, family)
     # Fresh containers around the shared (immutable) leaves: a caller may edit its tree.
     return jax.tree.map(lambda leaf: leaf, _traced(type(model), model.config, family))
+
+
+def _known_by_config(model: nn.Module) -> bool:
+    """Whether the module's class and its hashable config alone define it (every family's
+    model does; a module with other fields is traced each time)."""
+    if {f.name for f in dataclasses.fields(model)} - {"parent", "name"} != {"config"}:
+        return False
+    try:
+        hash(model.config)
+    except TypeError:
+        return False
+    return True
 
 
 # A run asks for the same model's shapes ~9 times (the method's mask, the loader, the

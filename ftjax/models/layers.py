@@ -140,7 +140,7 @@ def _dot(x: Array, kernel: Array) -> Array:
 
 @jax.custom_vjp
 def _bf16_matmul(x: Array, kernel: Array) -> Array:
-    return _dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    return _bf16_matmul_forward(x, kernel)[0]
 
 
 def _bf16_matmul_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:

@@ -183,8 +183,7 @@ def matmul_precision(config: ml_collections.ConfigDict) -> contextlib.AbstractCo
     """`config.model.matmul_precision` for what is traced inside (a run's build, steps,
     evaluation and generation: `models.layers.matmul` reads it); a run from before the
     field had the backend's default."""
-    precision = config.get("model", {}).get("matmul_precision", "")
-    return jax.default_matmul_precision(precision or None)
+    return jax.default_matmul_precision(config.model.get("matmul_precision", "") or None)
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
