@@ -144,3 +144,60 @@ def test_missing_tensor_is_refused_naming_it(reference, tmp_path):
     path = write_gguf(tmp_path / "missing.gguf", reference[1], skip={name})
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.") + ".*missing"):
         from_pretrained(path)
+
+
+def test_header_parse_equals_the_gguf_packages_reader(tmp_path):
+    """ftjax's header parser (models/gguf_header.py) reads what gguf.GGUFReader reads:
+    every metadata value type, and plain and quantised tensors as the same views."""
+    from ftjax.models import gguf_header
+
+    path = tmp_path / "kinds.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint8("k.u8", 200)
+    writer.add_int8("k.i8", -5)
+    writer.add_uint16("k.u16", 60000)
+    writer.add_int16("k.i16", -3000)
+    writer.add_uint32("k.u32", 4_000_000_000)
+    writer.add_int32("k.i32", -7)
+    writer.add_float32("k.f32", 0.1)
+    writer.add_uint64("k.u64", 2**40)
+    writer.add_int64("k.i64", -(2**40))
+    writer.add_float64("k.f64", 0.1)
+    writer.add_bool("k.bool", True)
+    writer.add_string("k.str", "héllo")
+    writer.add_array("k.tokens", ["<s>", "a", "ü", ""])
+    writer.add_array("k.scores", [0.5, -1.25])
+    writer.add_array("k.types", [1, 2, 3])
+    writer.add_array("k.nested", [[1, 2], [3]])
+    rng = np.random.default_rng(0)
+    writer.add_tensor("plain", rng.normal(size=(3, 64)).astype(np.float32))
+    writer.add_tensor("half", rng.normal(size=(2, 32)).astype(np.float16))
+    q8_0 = gguf.GGMLQuantizationType.Q8_0
+    q8 = gguf.quants.quantize(rng.normal(size=(4, 64)).astype(np.float32), q8_0)
+    writer.add_tensor("q8", q8, raw_shape=q8.shape, raw_dtype=q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    metadata, tensors = gguf_header.parse(path)
+    reader = gguf.GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert list(metadata) == list(fields)
+    assert metadata.pop("k.nested") == [[1, 2], [3]]  # the reader flattens it to [1, 2, 3]
+    for key, value in metadata.items():
+        assert value == fields[key] and type(value) is type(fields[key]), key
+    assert [t.name for t in tensors] == [t.name for t in reader.tensors] == ["plain", "half", "q8"]
+    for ours, theirs in zip(tensors, reader.tensors, strict=True):
+        assert ours.tensor_type == theirs.tensor_type and ours.shape == tuple(theirs.shape.tolist())
+        assert ours.data.dtype == theirs.data.dtype and ours.data.shape == theirs.data.shape
+        assert np.array_equal(ours.data, theirs.data), ours.name
+    quantised = tensors[2]
+    assert np.array_equal(
+        gguf.quants.dequantize(quantised.data, quantised.tensor_type),
+        gguf.quants.dequantize(q8, q8_0),
+    )
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGML" + path.read_bytes()[4:])
+    with pytest.raises(gguf_header.HeaderError, match="magic"):
+        gguf_header.parse(other)

@@ -1,4 +1,5 @@
-"""GGUF checkpoints (llama.cpp's single-file format), read with the `gguf` package.
+"""GGUF checkpoints (llama.cpp's single-file format): header parsed by `gguf_header`,
+quantised tensors dequantised by the `gguf` package.
 
 `read(path)` returns what a Hugging Face folder would hold: a config.json dict and
 float32 tensors under transformers' names, so the family's one tensor table loads them.
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ftjax.models import gguf_header
 
 SUFFIX = ".gguf"
 
@@ -61,47 +64,40 @@ def find(source: Path) -> Path | None:
     return files[0] if files else None
 
 
-def _reader(path: Path):
-    import gguf
-
+def _header(path: Path) -> tuple[dict[str, Any], list[gguf_header.Tensor]]:
     try:
-        return gguf.GGUFReader(path)
-    except Exception as err:  # noqa: BLE001 - any parse failure means the same to a user
+        return gguf_header.parse(path)
+    except ValueError as err:  # the header's own errors, and numpy's on a malformed table
         raise GGUFError(
             f"{path} is not a readable GGUF file (truncated, corrupt, or a tensor type this "
             f"gguf package does not know): {err}"
         ) from err
 
 
-def _field(reader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    value = field.contents()
-    return value
-
-
-def config(path: Path, reader=None) -> dict[str, Any]:
-    """The transformers config.json dict of a GGUF file's model."""
-    reader = reader or _reader(path)
-    arch = _field(reader, "general.architecture")
+def config(
+    path: Path, header: tuple[dict[str, Any], list[gguf_header.Tensor]] | None = None
+) -> dict[str, Any]:
+    """The transformers config.json dict of a GGUF file's model (`header`: its
+    `gguf_header.parse`, when already read)."""
+    metadata, tensors = header or _header(path)
+    arch = metadata.get("general.architecture")
     if arch != "llama":
         raise GGUFError(f"{path}: general.architecture={arch!r} is not supported (llama)")
 
     def need(key: str) -> Any:
-        value = _field(reader, f"llama.{key}")
+        value = metadata.get(f"llama.{key}")
         if value is None:
             raise GGUFError(f"{path}: metadata key llama.{key} is missing")
         return value
 
     heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab = _field(reader, "llama.vocab_size") or (len(tokens) if tokens else None)
-    scaling = _field(reader, "llama.rope.scaling.type", "none")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    vocab = metadata.get("llama.vocab_size") or (len(tokens) if tokens else None)
+    scaling = metadata.get("llama.rope.scaling.type", "none")
     if scaling not in ("none", "linear"):
         raise GGUFError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
-    names = {t.name for t in reader.tensors}
+    names = {t.name for t in tensors}
     hf = {
         "model_type": "llama",
         "vocab_size": int(vocab),
@@ -109,16 +105,16 @@ def config(path: Path, reader=None) -> dict[str, Any]:
         "num_hidden_layers": int(need("block_count")),
         "intermediate_size": int(need("feed_forward_length")),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(_field(reader, "llama.attention.head_count_kv", heads)),
-        "head_dim": int(_field(reader, "llama.rope.dimension_count", hidden // heads)),
-        "max_position_embeddings": int(_field(reader, "llama.context_length", 2048)),
+        "num_key_value_heads": int(metadata.get("llama.attention.head_count_kv", heads)),
+        "head_dim": int(metadata.get("llama.rope.dimension_count", hidden // heads)),
+        "max_position_embeddings": int(metadata.get("llama.context_length", 2048)),
         "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        "rope_theta": float(metadata.get("llama.rope.freq_base", 10000.0)),
         "rope_scaling": None,
         "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
     }
     if scaling == "linear":
         factor = float(need("rope.scaling.factor"))
@@ -175,13 +171,13 @@ def _permuted_heads(name: str, hf: dict[str, Any]) -> int | None:
 
 
 def tensor_table(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config.json dict, {transformers tensor name: the reader's memory-mapped tensor})
+    """(config.json dict, {transformers tensor name: its memory-mapped `gguf_header.Tensor`})
     of a GGUF file; nothing is dequantised until `read_tensor`."""
     path = Path(path)
-    reader = _reader(path)
-    hf = config(path, reader)
+    header = _header(path)
+    hf = config(path, header)
     table = {}
-    for tensor in reader.tensors:
+    for tensor in header[1]:
         name = _hf_name(tensor.name)
         if name is not None:
             table[name] = tensor
@@ -214,7 +210,7 @@ _CHUNK_BYTES = 1 << 22
 
 def drop_pages(tensor) -> None:
     """Hands back the file pages that reading `tensor` mapped into this process (the
-    reader maps the whole file; they stay in the page cache): the resident memory of a
+    header's parse maps the whole file; they stay in the page cache): the resident memory of a
     load tensor by tensor then holds no more of the file than one tensor's bytes."""
     mapping = getattr(tensor.data, "_mmap", None)
     if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):

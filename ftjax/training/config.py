@@ -95,7 +95,9 @@ def base_config(
             "dtype": args.get("dtype", "float32"),  # bf16 is slower on CPU here (RESULTS.md)
             # "bfloat16": dense matmuls take bf16 inputs (f32 accumulation, activations
             # and params) in both passes, as TPUs do by default; "" = the backend's
-            # default (exact float32 on CPU and in the parity tests).
+            # default (exact float32 on CPU and in the parity tests). Faster only where
+            # the hardware multiplies bf16 natively (TPU, GPU, AVX512-BF16 CPUs: 1.4x a
+            # default run); slower on an AVX2-only CPU (0.84x a step, benchmarks/RESULTS.md).
             "matmul_precision": "",
             "dropout": -1.0,  # >= 0 overrides every dropout rate of the checkpoint's config
             # Storage of the frozen params (bfloat16 halves a LoRA run's weights); trainable
