@@ -5,6 +5,8 @@ continuations token for token; saved in the HF layout, transformers loads it bac
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -119,3 +121,38 @@ def test_saved_folder_loads_in_transformers(smollm2, tmp_path):
         assert torch.equal(ours[name], tensor), name
     again = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert again(PROMPTS)["input_ids"] == tokenizer(PROMPTS)["input_ids"]
+
+
+def test_gguf_tokenizer_is_converted_once_and_read_back_the_same(monkeypatch, tmp_path):
+    """transformers converts the file's tokenizer (~11 s); ftjax keeps the result, and a
+    later load reads it (models/gguf_tokenizer.py): the same tokenizer, not converted
+    again, until the file changes."""
+    from ftjax.models import gguf_tokenizer
+
+    (original,) = assets.fetch("smollm2").glob("*.gguf")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    gguf_file = model_dir / original.name
+    shutil.copyfile(original, gguf_file)  # its own file: its own cache entry
+    monkeypatch.setenv("FTJAX_CACHE", str(tmp_path / "cache"))
+    converted = load_tokenizer(model_dir)
+    assert gguf_tokenizer.cache_folder(gguf_file).is_dir()
+
+    def no_conversion(path):
+        raise AssertionError(f"converted {path} again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gguf_tokenizer, "convert", no_conversion)
+        cached = load_tokenizer(model_dir)
+    assert type(cached) is type(converted) and cached.get_vocab() == converted.get_vocab()
+    texts = [*PROMPTS, "héllo wörld 🤖\n\t  two  spaces", "<|im_start|>user\nhi<|im_end|>"]
+    assert [cached(t)["input_ids"] for t in texts] == [converted(t)["input_ids"] for t in texts]
+    for attribute in ("bos_token", "eos_token", "pad_token", "all_special_tokens"):
+        assert getattr(cached, attribute) == getattr(converted, attribute), attribute
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert cached.apply_chat_template(chat, tokenize=False) == converted.apply_chat_template(
+        chat, tokenize=False
+    )
+    stat = gguf_file.stat()
+    os.utime(gguf_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "edited"
+    assert not gguf_tokenizer.cache_folder(gguf_file).is_dir()

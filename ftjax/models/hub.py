@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from ftjax.core import partition
 from ftjax.data import sources
-from ftjax.models import bert, gguf, gpt2, llama, stacking, t5
+from ftjax.models import bert, gguf, gguf_tokenizer, gpt2, llama, stacking, t5
 from ftjax.models.base import Family, TensorMap
 
 log = logging.getLogger("ftjax.models")
@@ -564,22 +564,26 @@ def _named_tokenizer_class(source: Path):
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
-    """The tokenizer stored with a checkpoint (asset name, folder or hub id)."""
+    """The tokenizer stored with a checkpoint (asset name, folder or hub id); a GGUF
+    file's is converted once and then read from the cache (`gguf_tokenizer`)."""
     source = resolve_checkpoint_dir(name_or_path)
     gguf_file = gguf.find(source)
-    named = None if gguf_file is not None else _named_tokenizer_class(source)
-    if named is not None:
-        tokenizer = named.from_pretrained(str(source))
+    if gguf_file is None:
+        tokenizer = _folder_tokenizer(source)
+    elif (converted := gguf_tokenizer.cache_folder(gguf_file)).is_dir():
+        tokenizer = _folder_tokenizer(converted)
     else:
-        from transformers import AutoTokenizer
-
-        if gguf_file is not None:  # transformers builds it from the file's metadata
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(gguf_file.parent), gguf_file=gguf_file.name
-            )
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer = gguf_tokenizer.convert(gguf_file)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # GPT-2 ships without a pad token; padded positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _folder_tokenizer(folder: Path):
+    named = _named_tokenizer_class(folder)
+    if named is not None:
+        return named.from_pretrained(str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
