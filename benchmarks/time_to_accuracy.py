@@ -1,10 +1,12 @@
 """The default run against transformers + PEFT, time to accuracy, alternating.
 
     python benchmarks/time_to_accuracy.py [--pairs 5] [--out FILE.json]
-        [--torch-flags "--model DIR ..."] [-- ftjax.main flags]
+        [--compilation-cache] [--torch-flags "--model DIR ..."] [-- ftjax.main flags]
 
 Each pair runs `python -m ftjax.main` (a fresh workdir: the whole process timed,
-imports, data, compilation, validations and the test included), then
+imports, data, compilation, validations and the test included; every step compiled
+anew, as in a config's first run, unless --compilation-cache lets runs after the first
+load them from ftjax's on-disk cache), then
 `benchmarks/torch_reference.py --methods lora` (its own count, which leaves out its
 imports, and the whole process beside it), one process at a time, the order swapped
 every pair so neither side always runs on a warmer machine. Prints one row per run and
@@ -27,10 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_ftjax(workdir: Path, flags: list[str]) -> dict:
+def run_ftjax(workdir: Path, flags: list[str], compilation_cache: bool = False) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["FTJAX_COMPILATION_CACHE"] = "1" if compilation_cache else "0"
     tic = time.perf_counter()
     command = [sys.executable, "-m", "ftjax.main", "--workdir", str(workdir), *flags]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, env=env)
     wall = time.perf_counter() - tic
     results = json.loads((workdir / "results.json").read_text())
     return {
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--out", help="also write the runs here as JSON")
+    parser.add_argument(
+        "--compilation-cache", action="store_true", help="ftjax runs load compiled steps"
+    )
     parser.add_argument("--torch-flags", default="", help="for torch_reference.py, one string")
     parser.add_argument("flags", nargs="*", help="after --: flags for ftjax.main")
     args = parser.parse_args(argv)
@@ -92,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for number, side in enumerate(sides(args.pairs), 1):
             if side == "ftjax":
-                run = run_ftjax(Path(scratch) / f"ftjax{number}", args.flags)
+                run = run_ftjax(
+                    Path(scratch) / f"ftjax{number}", args.flags, args.compilation_cache
+                )
             else:
                 run = run_torch(
                     Path(scratch) / f"torch{number}.json", shlex.split(args.torch_flags)

@@ -1,9 +1,13 @@
-"""What the command-line entry points share: logging set-up, and errors in the user's
-config, data or workdir reported as one line (exit code 2) instead of a traceback."""
+"""What the command-line entry points share: logging set-up, the on-disk compilation
+cache, and errors in the user's config, data or workdir reported as one line (exit code
+2) instead of a traceback."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import platform
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,6 +21,40 @@ def set_up_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ftjax").setLevel(logging.INFO)
+
+
+def use_compilation_cache() -> str | None:
+    """XLA executables kept on disk across processes, so what compiles the same programs
+    again loads them instead: a resumed run, `ftjax.evaluate` after training, a rerun
+    (~7 s a step shape for the default run here; a learning rate or a seed that changes
+    the packed row counts makes other programs). Under $FTJAX_CACHE/xla/, one
+    folder per host CPU: XLA:CPU compiles for the host's instruction set, and a shared
+    home directory must not hand AVX-512 code to an AVX2 machine. JAX's own
+    JAX_COMPILATION_CACHE_DIR, when set, is used as it is; FTJAX_COMPILATION_CACHE=0
+    turns caching off. Returns the folder in use (None: off)."""
+    import jax
+
+    if os.environ.get("FTJAX_COMPILATION_CACHE", "1") == "0":
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    from ftjax.data import assets
+
+    folder = assets.cache_dir() / "xla" / host_cpu_key()
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    return str(folder)
+
+
+def host_cpu_key() -> str:
+    """The host's architecture and a digest of its CPU model and feature flags."""
+    described = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [ln for ln in info if ln.startswith(("model name", "flags", "Features"))]
+        described = "".join(dict.fromkeys(lines))  # each distinct line once (per core)
+    except OSError:
+        pass
+    return f"{platform.machine()}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
 def reporting_user_errors(run: Callable[[], T]) -> T:

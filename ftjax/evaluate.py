@@ -74,6 +74,7 @@ def _write(workdir: Path, data: str | None, where: dict, metrics: dict) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     cli.set_up_logging()
+    cli.use_compilation_cache()
     if CONFIG.value is not None:
         result = cli.reporting_user_errors(
             lambda: evaluate_untrained(CONFIG.value, WORKDIR.value, DATA.value)

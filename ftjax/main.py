@@ -35,6 +35,7 @@ DISTRIBUTED = flags.DEFINE_enum(
 def main(argv: list[str]) -> None:
     del argv
     cli.set_up_logging()
+    cli.use_compilation_cache()
 
     def run():
         # Before anything that might touch a device: the runtime must start first.

@@ -74,6 +74,7 @@ def summarize(runs: list[dict]) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     cli.set_up_logging()
+    cli.use_compilation_cache()
     if evaluation.CONFIG.value is None:
         raise app.UsageError("--config is required")
     config, workdir = evaluation.CONFIG.value, evaluation.WORKDIR.value
