@@ -20,8 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_cli_trains_tests_and_evaluates(tmp_path):
+    """Train, test, the same command again (tested again from its steps in the
+    compilation cache), another run refused, ftjax.evaluate on another file."""
+    from ftjax import cli
+
     model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    # ftjax's own compilation cache (ftjax.cli), not the suite's: the rerun loads its steps.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FTJAX_CACHE=str(tmp_path / "cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # tiny steps compile fast
+    )  # fmt: skip
+    compiled = tmp_path / "cache" / "xla" / cli.host_cpu_key()
     workdir = tmp_path / "run"
     overrides = [
         f"--config.model.name={model}",
@@ -53,9 +63,12 @@ def test_cli_trains_tests_and_evaluates(tmp_path):
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
         )  # fmt: skip
 
+    entries = sorted(p.name for p in compiled.iterdir())
+    assert [e for e in entries if e.startswith("jit_train_step")]
     rerun = again()  # the same command: says the run is finished, tests it again
     assert rerun.returncode == 0 and "holds a finished run" in rerun.stdout
     assert final in rerun.stdout
+    assert sorted(p.name for p in compiled.iterdir()) == entries  # nothing compiled anew
     retested = json.loads((workdir / "results.json").read_text())
     assert retested["median_step_seconds"] == results["median_step_seconds"] is not None
     refused = again("--config.train.seed=1")  # another run in this workdir: one line, no trace
@@ -138,46 +151,6 @@ def test_cli_evaluates_an_untrained_model_on_a_test_split_alone(tmp_path):
     assert result["test"]["examples"] == 16 and 0.0 <= result["test"]["rouge_l"] <= 1.0
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["task"]["decoding"] == "beam" and saved["data"]["name"] == str(data)
-
-
-@pytest.mark.slow
-def test_evaluation_and_a_rerun_load_their_steps_from_the_compilation_cache(tmp_path):
-    """ftjax.main and ftjax.evaluate keep compiled steps under $FTJAX_CACHE/xla/<host
-    CPU>/ (ftjax.cli): evaluating the trained run, and the same run in another workdir,
-    compile nothing new."""
-    from ftjax import cli
-
-    model, data = make_checkpoint(tmp_path / "model"), make_dataset(tmp_path / "data")
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FTJAX_CACHE=str(tmp_path / "cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # tiny steps compile fast
-    )  # fmt: skip
-    folder = tmp_path / "cache" / "xla" / cli.host_cpu_key()
-
-    def command(*args: str) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=ROOT,
-            timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def train(workdir: Path) -> dict:
-        command(
-            "ftjax.main", "--workdir", str(workdir), f"--config.model.name={model}",
-            f"--config.data.name={data}", "--config.train.max_steps=2",
-            "--config.train.prng_impl=rbg", "--config.data.test_examples=16",
-        )  # fmt: skip
-        return json.loads((workdir / "results.json").read_text())
-
-    first = train(tmp_path / "first")
-    entries = sorted(p.name for p in folder.iterdir())
-    assert [e for e in entries if e.startswith("jit_train_step")]
-    command("ftjax.evaluate", "--workdir", str(tmp_path / "first"))
-    assert sorted(p.name for p in folder.iterdir()) == entries
-    again = train(tmp_path / "again")
-    assert sorted(p.name for p in folder.iterdir()) == entries
-    assert again["test"] == first["test"]
 
 
 def test_compilation_cache_folder_is_per_host_cpu_and_yields_to_jax_and_off(monkeypatch):
