@@ -201,3 +201,15 @@ def test_header_parse_equals_the_gguf_packages_reader(tmp_path):
     other.write_bytes(b"GGML" + path.read_bytes()[4:])
     with pytest.raises(gguf_header.HeaderError, match="magic"):
         gguf_header.parse(other)
+
+    twice = gguf.GGUFWriter(str(other), "llama")
+    for name in ("aa", "bb"):
+        twice.add_tensor(name, np.zeros((2, 32), np.float32))
+    twice.write_header_to_file()
+    twice.write_kv_data_to_file()
+    twice.write_tensors_to_file()
+    twice.close()
+    prefixed = (2).to_bytes(8, "little")  # a name's length, then its bytes
+    other.write_bytes(other.read_bytes().replace(prefixed + b"bb", prefixed + b"aa", 1))
+    with pytest.raises(gguf_header.HeaderError, match="'aa' is listed twice"):
+        gguf_header.parse(other)

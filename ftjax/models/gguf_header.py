@@ -105,7 +105,7 @@ def parse(path: str | Path) -> tuple[dict[str, Any], list[Tensor]]:
         key = cursor.string()
         (kind,) = cursor.unpack("I")
         metadata[key] = cursor.value(kind)
-    infos = []
+    infos, names = [], set()
     for _ in range(tensor_count):
         name = cursor.string()
         (dims,) = cursor.unpack("I")
@@ -115,6 +115,9 @@ def parse(path: str | Path) -> tuple[dict[str, Any], list[Tensor]]:
             tensor_type = GGMLQuantizationType(raw_type)
         except ValueError as err:
             raise HeaderError(f"tensor {name!r} has unknown tensor type {raw_type}") from err
+        if name in names:
+            raise HeaderError(f"tensor {name!r} is listed twice")
+        names.add(name)
         infos.append((name, tensor_type, tuple(int(d) for d in shape), offset))
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     start = -(-cursor.offset // alignment) * alignment
