@@ -213,3 +213,23 @@ def test_header_parse_equals_the_gguf_packages_reader(tmp_path):
     other.write_bytes(other.read_bytes().replace(prefixed + b"bb", prefixed + b"aa", 1))
     with pytest.raises(gguf_header.HeaderError, match="'aa' is listed twice"):
         gguf_header.parse(other)
+
+
+def test_a_converted_tokenizer_is_kept_whole_or_not_at_all(tmp_path, caplog):
+    """gguf_tokenizer.keep: a loadable folder; an unwritable cache only warns; a folder
+    another process saved first stays, and no scratch folder is left behind."""
+    transformers = pytest.importorskip("transformers")
+    from ftjax.models import gguf_tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    folder = tmp_path / "tokenizers" / "model-0123"
+    assert gguf_tokenizer.keep(tokenizer, folder)
+    again = transformers.AutoTokenizer.from_pretrained(folder)
+    assert again("a moving film")["input_ids"] == tokenizer("a moving film")["input_ids"]
+    assert gguf_tokenizer.keep(tokenizer, folder)  # saved before: left as it is
+    assert [p.name for p in folder.parent.iterdir()] == ["model-0123"]
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert not gguf_tokenizer.keep(tokenizer, blocked / "tokenizers" / "model-0123")
+    assert "tokenizer not cached" in caplog.text

@@ -39,15 +39,25 @@ def convert(gguf_file: Path) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    folder = cache_folder(gguf_file)
+    keep(tokenizer, cache_folder(gguf_file))
+    return tokenizer
+
+
+def keep(tokenizer: Any, folder: Path) -> bool:
+    """Saves `tokenizer` as `folder`, whole or not at all; False (and a warning) when it
+    cannot be written. A folder another process saved first is left as it is."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".convert.", dir=folder.parent))
-        tokenizer.save_pretrained(scratch)
-        try:
-            os.replace(scratch, folder)  # whole or not at all; another process may win
-        except OSError:
-            shutil.rmtree(scratch, ignore_errors=True)
     except OSError as err:
         log.warning("%s: tokenizer not cached (%s); the next load converts it again", folder, err)
-    return tokenizer
+        return False
+    try:
+        tokenizer.save_pretrained(scratch)
+        os.replace(scratch, folder)
+    except OSError as err:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not folder.is_dir():
+            log.warning("%s: tokenizer not cached (%s)", folder, err)
+            return False
+    return True
