@@ -224,6 +224,7 @@ def test_a_converted_tokenizer_is_kept_whole_or_not_at_all(tmp_path, caplog):
     tokenizer = load_tokenizer("minilm")
     folder = tmp_path / "tokenizers" / "model-0123"
     assert gguf_tokenizer.keep(tokenizer, folder)
+    assert folder.stat().st_mode & 0o777 == 0o755  # readable in a cache others share
     again = transformers.AutoTokenizer.from_pretrained(folder)
     assert again("a moving film")["input_ids"] == tokenizer("a moving film")["input_ids"]
     assert gguf_tokenizer.keep(tokenizer, folder)  # saved before: left as it is

@@ -53,6 +53,7 @@ def keep(tokenizer: Any, folder: Path) -> bool:
         log.warning("%s: tokenizer not cached (%s); the next load converts it again", folder, err)
         return False
     try:
+        scratch.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable
         tokenizer.save_pretrained(scratch)
         os.replace(scratch, folder)
     except OSError as err:
